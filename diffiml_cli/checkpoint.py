@@ -1,0 +1,209 @@
+"""Self-describing checkpoints: `model.safetensors` (config in its metadata) plus `config.json`.
+
+A checkpoint source is a local directory, a local `.safetensors` file, or a Hub id `org/name` or
+`org/name@revision`, fetched with huggingface_hub and cached. Loading is strict and never unpickles
+unless asked to (`allow_pickle`), and then only with `torch.load(weights_only=True)`.
+
+We do not use huggingface_hub's `PyTorchModelHubMixin`: it rebuilds a model by calling `__init__` with
+the saved JSON, whereas our composite is built from nested frozen dataclasses by `models/build.py`, and
+its writes are not atomic. The Hub part is still huggingface_hub's own `hf_hub_download`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.errors import DiffimlError
+
+FORMAT_VERSION = "1"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+MODEL_TYPES = {"localizer": ModelConfig, "mask_vae": MaskVAEConfig}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint shipped with diffiml: `weights/` in the wheel, or at the top of a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for weights_dir in (package_dir / "weights", package_dir.parent / "weights"):
+        if (weights_dir / WEIGHTS_NAME).is_file():
+            return weights_dir
+    raise DiffimlError("no default checkpoint is installed (weights/model.safetensors); pass --checkpoint")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, half: bool = False) -> Path:
+    """Write `model`'s weights and `config` to `directory`, each file atomically; returns the directory.
+
+    half=True stores floating-point tensors as fp16 (the shipped checkpoint does, to stay small).
+    """
+    model_type = next((name for name, kind in MODEL_TYPES.items() if isinstance(config, kind)), None)
+    if model_type is None:
+        raise DiffimlError(f"cannot save a checkpoint for config type {type(config).__name__}")
+    directory = Path(directory)
+    header = {"format": "diffiml", "format_version": FORMAT_VERSION, "model_type": model_type}
+    header["config"] = config_to_dict(config)
+    state = {
+        name: (tensor.half() if half and tensor.is_floating_point() else tensor).detach().cpu().contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"diffiml": json.dumps(header)})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
+    return directory
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A local weights file for `source`: a directory, a weights file, or a Hub id `org/name[@rev]`."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise DiffimlError(f"{path}: no {WEIGHTS_NAME} in this checkpoint directory")
+        return weights
+    if path.is_file():
+        return path
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
+        return _download_from_hub(str(source))
+    raise DiffimlError(f"checkpoint {source!s} not found: give a directory, a .safetensors file, or a Hub id org/name")
+
+
+def _download_from_hub(hub_id: str) -> Path:
+    """Fetch `model.safetensors` of `org/name[@revision]` into the huggingface_hub cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, _, revision = hub_id.partition("@")
+    try:
+        return Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None))
+    except LocalEntryNotFoundError:
+        raise DiffimlError(
+            f"checkpoint {hub_id} is not in the local Hub cache and the Hub cannot be reached "
+            f"(offline or HF_HUB_OFFLINE=1): run `hf download {repo_id}` on a connected machine, "
+            "or pass a local directory with --checkpoint"
+        ) from None
+    except RevisionNotFoundError:
+        raise DiffimlError(f"checkpoint {hub_id}: revision {revision!r} does not exist on the Hub") from None
+    except RepositoryNotFoundError:
+        raise DiffimlError(f"checkpoint {hub_id}: no such Hub repository (or it is private: log in with `hf auth login`)") from None
+    except EntryNotFoundError:
+        raise DiffimlError(f"checkpoint {hub_id}: the repository has no {WEIGHTS_NAME}") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise DiffimlError(f"checkpoint {hub_id}: download failed ({type(error).__name__}: {error})") from None
+
+
+def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[str, Any, dict[str, torch.Tensor]]:
+    """Read a checkpoint: returns (model_type, config dataclass, state_dict on CPU)."""
+    weights = resolve_checkpoint(source)
+    if weights.suffix.lower() in _PICKLE_SUFFIXES:
+        return _load_pickle_checkpoint(weights, allow_pickle=allow_pickle)
+    try:
+        state = load_file(weights, device="cpu")
+        from safetensors import safe_open
+
+        with safe_open(weights, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DiffimlError(f"{weights}: not a readable safetensors file ({error})") from None
+    if "diffiml" in metadata:
+        header = json.loads(metadata["diffiml"])
+    elif (weights.parent / CONFIG_NAME).is_file():
+        header = _read_json(weights.parent / CONFIG_NAME)
+    else:
+        raise DiffimlError(f"{weights}: no diffiml config in its metadata or beside it in {CONFIG_NAME}")
+    model_type, config = _parse_header(header, weights)
+    return model_type, config, state
+
+
+def _load_pickle_checkpoint(weights: Path, *, allow_pickle: bool) -> tuple[str, Any, dict[str, torch.Tensor]]:
+    if not allow_pickle:
+        raise DiffimlError(
+            f"{weights}: pickle checkpoints can run code when loaded; convert it to safetensors, "
+            "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+        )
+    config_path = weights.parent / CONFIG_NAME
+    if not config_path.is_file():
+        raise DiffimlError(f"{weights}: a pickle checkpoint needs its {CONFIG_NAME} beside it")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here; all mean "not a safe tensor file"
+        raise DiffimlError(f"{weights}: refused by torch.load(weights_only=True) ({type(error).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DiffimlError(f"{weights}: expected a flat dict of tensors")
+    model_type, config = _parse_header(_read_json(config_path), weights)
+    return model_type, config, state
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DiffimlError(f"{path}: not readable JSON ({error})") from None
+
+
+def _parse_header(header: Any, where: Path) -> tuple[str, Any]:
+    if not isinstance(header, dict) or header.get("format") != "diffiml":
+        raise DiffimlError(f"{where}: not a diffiml checkpoint (no 'format': 'diffiml' header)")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise DiffimlError(f"{where}: checkpoint format {header.get('format_version')!r}, this diffiml reads {FORMAT_VERSION}")
+    model_type = header.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise DiffimlError(f"{where}: unknown model_type {model_type!r}")
+    try:
+        config = config_from_dict(MODEL_TYPES[model_type], header.get("config", {}))
+    except DiffimlError as error:
+        raise DiffimlError(f"{where}: bad config: {error}") from None
+    return model_type, config
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """`load_state_dict(strict=True)`, with mismatches reported as one line instead of a traceback."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                problems.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise DiffimlError(f"{where}: config does not match the weights: {', '.join(problems)}")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,93 @@
+"""`diffiml localize`: write mask, probability, overlay and uncertainty PNGs for each input image."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from diffiml_cli.checkpoint import default_checkpoint
+from diffiml_cli.cli.common import (
+    AllowPickleOption,
+    BatchSizeOption,
+    CheckpointOption,
+    DeviceOption,
+    EnsembleOption,
+    Fp16Option,
+    SeedOption,
+    StepsOption,
+    ThresholdOption,
+    TtaOption,
+    stderr,
+)
+from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, list_images
+from diffiml_cli.inference import Predictor, SamplingOptions, resolve_device
+from diffiml_cli.localization import RESULTS_NAME, ImageResult, LocalizeOptions, localize_files
+from diffiml_cli.models.build import load_localizer
+
+
+def localize(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
+    checkpoint: CheckpointOption = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("diffiml-out"),
+    steps: StepsOption = 8,
+    ensemble: EnsembleOption = 5,
+    tta: TtaOption = False,
+    threshold: ThresholdOption = 0.5,
+    device: DeviceOption = "auto",
+    fp16: Fp16Option = False,
+    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = 1,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).", min=1)] = DEFAULT_MAX_PIXELS,
+    allow_pickle: AllowPickleOption = False,
+) -> None:
+    """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
+    images = list_images(inputs)
+    source = checkpoint or default_checkpoint()
+    localizer, config = load_localizer(source, allow_pickle=allow_pickle)
+    torch_device = resolve_device(device)
+    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    options = LocalizeOptions(out_dir=out, threshold=threshold, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
+    run_info = {
+        "checkpoint": str(source),
+        "device": str(torch_device),
+        "fp16": fp16,
+        "cpu_threads": torch.get_num_threads(),
+        "sampling": {"steps": steps, "ensemble": ensemble, "tta": tta, "seed": seed},
+        "threshold": threshold,
+        "image_size": config.image_size,
+    }
+
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]localize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"), console=stderr,
+    ) as progress:
+        task = progress.add_task("localize", total=len(images), last="")
+
+        def on_result(result: ImageResult) -> None:
+            if result.status == "failed":
+                progress.console.print(f"[red]failed[/red] {result.error}")
+            progress.update(task, advance=1, last=Path(result.image).name)
+
+        results = localize_files(images, predictor, sampling, options, image_size=config.image_size,
+                                 on_result=on_result, run_info=run_info)
+    elapsed = time.perf_counter() - start
+
+    counts = {status: sum(r.status == status for r in results) for status in ("ok", "skipped", "failed")}
+    stderr.print(
+        f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
+        f"{counts['failed']} failed in {elapsed:.1f}s -> {out / RESULTS_NAME}"
+    )
+    failures = [r for r in results if r.status == "failed"]
+    if failures:
+        stderr.print("[red]failures:[/red]")
+        for result in failures:
+            stderr.print(f"  {result.error}")
+        raise typer.Exit(code=1)

@@ -1,0 +1,126 @@
+"""Frozen configuration dataclasses for every part of a DiffIML localizer.
+
+A resolved `ModelConfig` is saved with every checkpoint (in `config.json` and in the safetensors
+metadata), so a checkpoint always says how to rebuild the network that produced it. Hyperparameters are
+*chosen* only in `presets.py`; the defaults here are the paper's reference values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffiml_cli.errors import DiffimlError
+
+
+@dataclass(frozen=True)
+class MaskVAEConfig:
+    """LightVAE: a fully convolutional mask autoencoder at 1/8 resolution (paper Sec. 3.2)."""
+
+    hidden_channels: tuple[int, ...] = (32, 64, 128)  # three stride-2 stages: 1/2, 1/4, 1/8
+    latent_channels: int = 4  # same as the SD VAE it is distilled from
+    # Multiplies raw encoder latents so their std is ~1, which the diffusion noise level assumes.
+    # 0.18215 is Stable Diffusion's; a VAE trained without a teacher calibrates its own (1/std).
+    scale_factor: float = 0.18215
+
+
+@dataclass(frozen=True)
+class ConditionEncoderConfig:
+    """A timm `features_only` backbone plus a SegFormer-style fuse head (paper Sec. 3.3)."""
+
+    backbone: str = "pvt_v2_b3"
+    # Extra kwargs for `timm.create_model`, as sorted (name, value) pairs so the config stays hashable.
+    # MiT-b3 (SegFormer) is timm's pvt_v2_b3 with mlp_ratios=(4, 4, 4, 4); timm's own uses (8, 8, 4, 4).
+    backbone_kwargs: tuple[tuple[str, Any], ...] = (("mlp_ratios", (4, 4, 4, 4)),)
+    # Backbone stages to fuse; None takes every stage whose stride is at least 4.
+    out_indices: tuple[int, ...] | None = None
+    embed_channels: int = 128  # each stage is projected to this width before fusing
+    out_channels: int = 128  # channels of the condition fed to the denoiser
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet; 0.5 for EfficientNet-Lite
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """A diffusers UNet2DModel that predicts the clean latent x0 from (x_t, t, condition)."""
+
+    latent_channels: int = 8  # 4 mask + 4 edge latent channels
+    condition_channels: int = 128
+    block_out_channels: tuple[int, ...] = (128,)
+    down_block_types: tuple[str, ...] = ("DownBlock2D",)
+    up_block_types: tuple[str, ...] = ("UpBlock2D",)
+    layers_per_block: int = 2
+    mid_block_attention: bool = True  # the reference has one self-attention in the mid block
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The DDPM training schedule and the DDIM sampler's settings (diffusers' defaults, as the reference)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    clip_sample: bool = True
+    # SD-scaled latents live in about [-1, 1]; a VAE with another latent scale needs another range.
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    timestep_spacing: str = "leading"  # 8 steps -> 875, 750, ..., 125, 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a localizer: its parts and the input size it was trained at."""
+
+    image_size: int = 512  # images are resized to image_size x image_size; a multiple of 32
+    vae: MaskVAEConfig = field(default_factory=MaskVAEConfig)
+    encoder: ConditionEncoderConfig = field(default_factory=ConditionEncoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        # The backbone needs a multiple of 32; each UNet level below the first halves the 1/8 latent.
+        multiple = max(32, 8 * 2 ** (len(self.denoiser.block_out_channels) - 1))
+        if self.image_size % multiple:
+            raise DiffimlError(f"image_size must be a multiple of {multiple} for this model, got {self.image_size}")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def _as_tuple(value: Any) -> Any:
+    """Recursively turn JSON lists back into tuples, so configs stay hashable and compare equal."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(item) for item in value)
+    return value
+
+
+def config_from_dict(config_type: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `config_to_dict` output; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise DiffimlError(f"{config_type.__name__}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise DiffimlError(f"{config_type.__name__}: unknown config keys {unknown}")
+    values = {}
+    for name, value in data.items():
+        nested_type = _NESTED_TYPES.get((config_type, name))
+        values[name] = config_from_dict(nested_type, value) if nested_type else _as_tuple(value)
+    try:
+        return config_type(**values)
+    except TypeError as error:
+        raise DiffimlError(f"{config_type.__name__}: {error}") from error
+
+
+_NESTED_TYPES = {
+    (ModelConfig, "vae"): MaskVAEConfig,
+    (ModelConfig, "encoder"): ConditionEncoderConfig,
+    (ModelConfig, "denoiser"): DenoiserConfig,
+    (ModelConfig, "diffusion"): DiffusionConfig,
+}

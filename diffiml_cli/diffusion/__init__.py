@@ -1,0 +1,1 @@
+"""Schedules and samplers: plain functions that know nothing about the networks they drive."""

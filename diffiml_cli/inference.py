@@ -1,0 +1,139 @@
+"""Algorithm 2: sample manipulation masks for a batch of images, with an ensemble and optional flip TTA.
+
+Speed rules this module keeps: the condition encoder runs once per image view; all ensemble members
+(and both TTA views) go through the denoiser as one batch; sampling runs under `inference_mode` with
+no host-device sync inside the loop; CUDA runs in fp16 autocast.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from diffiml_cli.config import DiffusionConfig
+from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.models.localizer import Localizer
+from diffiml_cli.models.mask_vae import latent_to_probability
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample: DDIM steps, ensemble size N, horizontal-flip TTA, and the noise seed."""
+
+    steps: int = 8
+    ensemble: int = 5
+    tta: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 1000:
+            raise DiffimlError(f"--steps must be between 1 and 1000, got {self.steps}")
+        if self.ensemble < 1:
+            raise DiffimlError(f"--ensemble must be at least 1, got {self.ensemble}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model-resolution outputs for a batch of B images, on the CPU.
+
+    probability: (B, 1, S, S) float32 in [0, 1], decoded from the ensemble-mean latent
+    uncertainty:  (B, 1, S, S) float32 in [0, 0.5], per-pixel std of the N members' probabilities
+    image_score:  (B,) float32 in [0, 1], the maximum of `probability` (the image-level score)
+    """
+
+    probability: torch.Tensor
+    uncertainty: torch.Tensor
+    image_score: torch.Tensor
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffimlError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise DiffimlError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+class Predictor:
+    """Runs a loaded localizer on batches of model-size images."""
+
+    def __init__(
+        self,
+        localizer: Localizer,
+        diffusion: DiffusionConfig,
+        *,
+        device: torch.device,
+        fp16: bool = False,
+        channels_last: bool = True,
+    ) -> None:
+        if fp16 and device.type != "cuda":
+            raise DiffimlError("--fp16 needs a CUDA device; on the CPU inference runs in fp32")
+        self.device = device
+        self.fp16 = fp16
+        self.localizer = localizer.eval().to(device)
+        if channels_last:  # the conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU
+            self.localizer.to(memory_format=torch.channels_last)
+        self.scheduler = make_scheduler(diffusion)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
+        """images: (B, 3, S, S) float in [0, 1], S the model's image size -> Prediction."""
+        B = images.shape[0]
+        N = options.ensemble
+        images = images.to(self.device, non_blocking=True)
+        views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
+        with self._autocast():
+            condition = self.localizer.encoder(views.contiguous(memory_format=torch.channels_last))
+            condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
+            x_T = self._initial_noise(views.shape[0], N, condition.shape[-2:], options.seed)
+            denoiser = self.localizer.denoiser
+            z0 = ddim_sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, self.scheduler, options.steps)
+            z0 = z0.float().unflatten(0, (views.shape[0], N))  # (V*B, N, 8, h, w)
+            probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
+            members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
+        uncertainty = members.unflatten(0, (views.shape[0], N)).std(dim=1, unbiased=False)
+        if options.tta:  # flip the mirrored view back and merge by max, as the reference does
+            probability = torch.maximum(probability[:B], probability[B:].flip(-1))
+            uncertainty = torch.maximum(uncertainty[:B], uncertainty[B:].flip(-1))
+        probability = probability.float().cpu()
+        return Prediction(
+            probability=probability,
+            uncertainty=uncertainty.float().cpu(),
+            image_score=probability.amax(dim=(1, 2, 3)),
+        )
+
+    def _initial_noise(self, num_views: int, N: int, latent_size: torch.Size, seed: int) -> torch.Tensor:
+        """x_T: (num_views * N, 8, h, w). Each view draws from a generator seeded with `seed` alone, so an
+        image's mask does not depend on which batch it landed in or on the batch size."""
+        channels = self.localizer.denoiser.config.latent_channels
+        generator = torch.Generator(device=self.device)
+        draws = []
+        for _ in range(num_views):
+            generator.manual_seed(seed)
+            draws.append(torch.randn((N, channels, *latent_size), generator=generator, device=self.device))
+        return torch.cat(draws)
+
+
+def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """image: (H, W, 3) uint8 RGB -> (3, size, size) float32 in [0, 1], area-averaged when shrinking."""
+    H, W = image.shape[:2]
+    interpolation = cv2.INTER_AREA if size < max(H, W) else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (size, size), interpolation=interpolation)
+    return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_original_size(map_: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """map_: (1, S, S) or (S, S) float -> (height, width) float32, bilinear."""
+    array = map_.squeeze(0).numpy().astype(np.float32, copy=False)
+    return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)

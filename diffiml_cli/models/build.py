@@ -1,0 +1,43 @@
+"""Build networks from configs: the one place that turns a ModelConfig into modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffiml_cli.checkpoint import load_checkpoint, load_state_strict
+from diffiml_cli.config import ModelConfig
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.models.condition_encoder import ConditionEncoder
+from diffiml_cli.models.denoiser import Denoiser
+from diffiml_cli.models.localizer import Localizer
+from diffiml_cli.models.mask_vae import MaskVAE
+
+
+def build_localizer(config: ModelConfig) -> Localizer:
+    """A randomly initialised localizer for `config`; load weights with `checkpoint.load_localizer`."""
+    return Localizer(
+        encoder=ConditionEncoder(config.encoder),
+        denoiser=Denoiser(config.denoiser),
+        vae=MaskVAE(config.vae),
+    )
+
+
+def load_localizer(source: str | Path, *, allow_pickle: bool = False) -> tuple[Localizer, ModelConfig]:
+    """Build and strictly load a localizer checkpoint (see `checkpoint.resolve_checkpoint` for sources)."""
+    model_type, config, state = load_checkpoint(source, allow_pickle=allow_pickle)
+    if model_type != "localizer":
+        raise DiffimlError(f"{source}: this is a {model_type} checkpoint, not a localizer")
+    localizer = build_localizer(config)
+    load_state_strict(localizer, state, source)
+    return localizer.eval(), config
+
+
+def load_mask_vae(source: str | Path, *, allow_pickle: bool = False) -> MaskVAE:
+    """A MaskVAE from a `mask_vae` checkpoint (from `distill-vae`) or from a localizer's `vae.*` weights."""
+    model_type, config, state = load_checkpoint(source, allow_pickle=allow_pickle)
+    if model_type == "localizer":
+        config = config.vae
+        state = {key.removeprefix("vae."): value for key, value in state.items() if key.startswith("vae.")}
+    vae = MaskVAE(config)
+    load_state_strict(vae, state, source)
+    return vae.eval()

@@ -1,0 +1,58 @@
+"""The condition encoder: a timm backbone and a SegFormer-style all-MLP fuse head (paper Sec. 3.3).
+
+It runs once per image; its output conditions every denoising step of every ensemble member.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffiml_cli.config import ConditionEncoderConfig
+
+
+class ConditionEncoder(nn.Module):
+    """image (B, 3, H, W) float in [0, 1], H and W multiples of 32 -> condition (B, C, H/8, W/8).
+
+    Each backbone stage is projected to `embed_channels` by a 1x1 conv, resized to 1/8 of the input
+    (the latent resolution), concatenated, and fused by 3x3 conv + BN + ReLU to `out_channels`.
+    The reference fixes the output at 64x64; ours follows the input size.
+    """
+
+    def __init__(self, config: ConditionEncoderConfig, *, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        probe = timm.create_model(config.backbone, features_only=True, pretrained=False, **dict(config.backbone_kwargs))
+        out_indices = config.out_indices
+        if out_indices is None:  # every stage at stride >= 4; stride-2 maps cost much and add little
+            out_indices = tuple(i for i, r in enumerate(probe.feature_info.reduction()) if r >= 4)
+        del probe
+        self.backbone = timm.create_model(
+            config.backbone,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained=pretrained,
+            **dict(config.backbone_kwargs),
+        )
+        stage_channels = self.backbone.feature_info.channels()
+        self.stage_projections = nn.ModuleList(nn.Conv2d(c, config.embed_channels, 1) for c in stage_channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(config.embed_channels * len(stage_channels), config.out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(config.out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = image.shape
+        latent_size = (H // 8, W // 8)
+        x = (image - self.pixel_mean) / self.pixel_std
+        stages = self.backbone(x)
+        fused = [
+            F.interpolate(project(stage), size=latent_size, mode="bilinear", align_corners=False)
+            for project, stage in zip(self.stage_projections, stages)
+        ]
+        return self.fuse(torch.cat(fused, dim=1))

@@ -1,0 +1,66 @@
+"""The DiffIML denoiser: a diffusers UNet2DModel that predicts the clean latent x0 (paper Sec. 3.4).
+
+The reference concatenates the image condition after `conv_in` and fuses it back to the first block's
+width with a 3x3 conv. diffusers' UNet2DModel has no hook between `conv_in` and the down blocks, so
+`forward` below re-states UNet2DModel's forward (time embedding, down, mid, up, out) around that one
+insertion, reusing every block from diffusers unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from diffiml_cli.config import DenoiserConfig
+from diffiml_cli.errors import DiffimlError
+
+_SUPPORTED_BLOCKS = {"DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"}
+
+
+class Denoiser(nn.Module):
+    """(x_t (B, 8, h, w), t (B,) int64 in [0, 999], condition (B, C, h, w)) -> x0_pred (B, 8, h, w).
+
+    Latents are VAE latents times the VAE's scale factor: 4 mask channels then 4 edge channels.
+    """
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__()
+        unsupported = set(config.down_block_types + config.up_block_types) - _SUPPORTED_BLOCKS
+        if unsupported:  # skip-connection blocks need a different forward than the one below
+            raise DiffimlError(f"denoiser blocks {sorted(unsupported)} are not supported")
+        self.config = config
+        self.unet = UNet2DModel(
+            in_channels=config.latent_channels,
+            out_channels=config.latent_channels,
+            block_out_channels=config.block_out_channels,
+            down_block_types=config.down_block_types,
+            up_block_types=config.up_block_types,
+            layers_per_block=config.layers_per_block,
+            add_attention=config.mid_block_attention,
+            attention_head_dim=config.attention_head_dim,
+            norm_num_groups=config.norm_num_groups,
+        )
+        width = config.block_out_channels[0]
+        self.condition_fuse = nn.Conv2d(width + config.condition_channels, width, 3, padding=1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        unet = self.unet
+        t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=x_t.dtype))
+
+        sample = unet.conv_in(x_t)
+        sample = self.condition_fuse(torch.cat([sample, condition.to(sample.dtype)], dim=1))
+
+        skips = (sample,)
+        for down_block in unet.down_blocks:
+            sample, block_skips = down_block(hidden_states=sample, temb=emb)
+            skips += block_skips
+        if unet.mid_block is not None:
+            sample = unet.mid_block(sample, emb)
+        for up_block in unet.up_blocks:
+            n = len(up_block.resnets)
+            sample = up_block(sample, skips[-n:], emb)
+            skips = skips[:-n]
+
+        return unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
