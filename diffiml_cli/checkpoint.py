@@ -207,3 +207,26 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], where: s
                 problems.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise DiffimlError(f"{where}: config does not match the weights: {', '.join(problems)}")
     model.load_state_dict(state, strict=True)
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write a resumable training state (weights, optimizer, scheduler, step, RNG states).
+
+    The state holds only tensors, numbers, strings and containers of them, so `load_training_state`
+    can read it back with `torch.load(weights_only=True)`: no arbitrary pickle is ever executed.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a state written by `save_training_state`; a damaged file is a clear error."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DiffimlError(f"{path}: no training state to resume from") from None
+    except Exception as error:  # torch raises several types for damaged or unsafe files
+        raise DiffimlError(f"{path}: unreadable training state ({type(error).__name__}: {error})") from None
