@@ -6,14 +6,39 @@ on stderr); 2 a usage error (a bad option). Set DIFFIML_DEBUG=1 to get traceback
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 
 import typer
 
 from diffiml_cli.errors import DiffimlError
 
-app = typer.Typer(
+
+def _reporting_errors(command):
+    """Wrap a command so a DiffimlError becomes one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DiffimlError as error:
+            if os.environ.get("DIFFIML_DEBUG") == "1":
+                raise
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=1) from None
+
+    return run
+
+
+class _App(typer.Typer):
+    """A Typer whose every registered command reports library errors as one line (see module doc)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda command: register(_reporting_errors(command))
+
+
+app = _App(
     name="diffiml",
     help="Find the manipulated pixels in an image, by latent diffusion (DiffIML).",
     no_args_is_help=True,
@@ -37,11 +62,5 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: run the app, turning library errors into one line and exit code 1."""
-    try:
-        app()
-    except DiffimlError as error:
-        if os.environ.get("DIFFIML_DEBUG") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    """Console entry point."""
+    app()

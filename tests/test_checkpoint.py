@@ -1,0 +1,112 @@
+"""Checkpoints: round trips, strict loading, the offline Hub, and pickle refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from diffiml_cli.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.models.build import build_localizer, load_localizer, load_mask_vae
+from diffiml_cli.presets import get_preset
+
+
+def _predict(localizer, config, images):
+    predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
+    return predictor.predict(images, SamplingOptions(steps=3, ensemble=2, seed=3)).probability
+
+
+def test_save_then_load_gives_identical_outputs_and_a_self_describing_file(tmp_path):
+    torch.manual_seed(1)
+    config = get_preset("test")
+    original = build_localizer(config).eval()
+    save_checkpoint(tmp_path / "ckpt", original, config)
+    loaded, loaded_config = load_localizer(tmp_path / "ckpt")
+    assert loaded_config == config
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(_predict(original, config, images), _predict(loaded, loaded_config, images))
+    with safe_open(tmp_path / "ckpt" / "model.safetensors", framework="pt") as handle:
+        header = json.loads(handle.metadata()["diffiml"])
+    assert header["model_type"] == "localizer" and header["config"]["image_size"] == 64
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text()) == header
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_half_precision_checkpoint_loads_into_fp32(tmp_path):
+    config = get_preset("test")
+    save_checkpoint(tmp_path, build_localizer(config), config, half=True)
+    _, _, state = load_checkpoint(tmp_path)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    localizer, _ = load_localizer(tmp_path)
+    assert next(localizer.parameters()).dtype == torch.float32
+
+
+def test_loading_is_strict_about_config_and_weights(tmp_path, tiny_checkpoint):
+    config = get_preset("test")
+    header = json.loads((tiny_checkpoint / "config.json").read_text())
+    header["config"]["denoiser"]["layers_per_block"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(header))
+    state = dict(load_checkpoint(tiny_checkpoint)[2])
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "model.safetensors")  # no metadata: config.json beside it is used
+    with pytest.raises(DiffimlError, match="config does not match the weights"):
+        load_localizer(tmp_path)
+    assert config == load_localizer(tiny_checkpoint)[1]
+
+
+def test_mask_vae_loads_from_a_localizer_checkpoint(tiny_checkpoint):
+    vae = load_mask_vae(tiny_checkpoint)
+    localizer, _ = load_localizer(tiny_checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), localizer.vae.state_dict().values()))
+
+
+def test_hub_id_resolves_from_the_offline_cache_with_and_without_revision(hub_checkpoint_id, tiny_checkpoint):
+    from tests.conftest import FAKE_REVISION
+
+    for source in (hub_checkpoint_id, f"{hub_checkpoint_id}@main", f"{hub_checkpoint_id}@{FAKE_REVISION}"):
+        weights = resolve_checkpoint(source)
+        assert weights.read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
+    localizer, config = load_localizer(hub_checkpoint_id)
+    assert config.image_size == 64
+
+
+def test_missing_hub_repository_offline_is_one_clear_line():
+    with pytest.raises(DiffimlError) as error:
+        load_localizer("nobody/no-such-model@v1")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "nobody/no-such-model" in message and "--checkpoint" in message
+
+
+def test_a_path_that_does_not_exist_is_not_mistaken_for_a_hub_id(tmp_path):
+    with pytest.raises(DiffimlError, match="not found"):
+        resolve_checkpoint(tmp_path / "missing" / "ckpt")
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed_and_then_loaded_weights_only(tmp_path, tiny_checkpoint):
+    _, _, state = load_checkpoint(tiny_checkpoint)
+    torch.save(state, tmp_path / "model.pth")
+    (tmp_path / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
+    with pytest.raises(DiffimlError, match="--allow-pickle"):
+        load_localizer(tmp_path / "model.pth")
+    localizer, _ = load_localizer(tmp_path / "model.pth", allow_pickle=True)
+
+    class Payload:  # anything but plain tensors is refused by weights_only=True
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(DiffimlError, match="weights_only"):
+        load_localizer(tmp_path / "evil.pth", allow_pickle=True)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path, tiny_checkpoint):
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DiffimlError, match="safetensors"):
+        load_localizer(tmp_path)

@@ -1,0 +1,92 @@
+"""DDIM sampling (Algorithm 2): the timestep grid, determinism, ensembles and TTA."""
+
+from __future__ import annotations
+
+import torch
+
+from diffiml_cli.config import DiffusionConfig
+from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, ddim_sample, make_scheduler, sampling_timesteps
+from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.models.build import load_localizer
+
+
+def test_ddim_grid_for_8_steps_is_the_reference_leading_grid():
+    scheduler = make_scheduler(DiffusionConfig())
+    assert sampling_timesteps(scheduler, 8).tolist() == [875, 750, 625, 500, 375, 250, 125, 0]
+    assert scheduler.config.prediction_type == "sample"
+    assert scheduler.config.clip_sample and scheduler.config.clip_sample_range == 1.0
+
+
+def test_ddim_with_a_perfect_x0_model_returns_x0_and_clips_to_the_configured_range():
+    target = torch.full((2, 8, 4, 4), 0.5)
+    result = ddim_sample(lambda x_t, t: target, torch.randn(2, 8, 4, 4), make_scheduler(DiffusionConfig()), 8)
+    torch.testing.assert_close(result, target)  # set_alpha_to_one: the last step is x0_pred itself
+    wide = torch.full((1, 8, 4, 4), 3.0)
+    clipped = ddim_sample(lambda x_t, t: wide, torch.randn(1, 8, 4, 4), make_scheduler(DiffusionConfig(clip_sample_range=2.0)), 4)
+    assert torch.allclose(clipped, torch.full_like(wide, 2.0))
+
+
+def test_ddim_passes_each_grid_timestep_to_the_model_for_the_whole_batch():
+    seen = []
+
+    def model(x_t, t):
+        seen.append(t.clone())
+        return torch.zeros_like(x_t)
+
+    ddim_sample(model, torch.randn(3, 8, 2, 2), make_scheduler(DiffusionConfig()), 4)
+    assert [t.tolist() for t in seen] == [[750] * 3, [500] * 3, [250] * 3, [0] * 3]
+
+
+def test_error_prior_matches_the_closed_form():
+    alphas_cumprod = make_scheduler(DiffusionConfig()).alphas_cumprod
+    z0 = torch.randn(4, 8, 3, 3)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = add_noise_with_error_prior(z0, t, alphas_cumprod, prior_rate=0.1, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    xi, eps = torch.randn(z0.shape, generator=g), torch.randn(z0.shape, generator=g)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_t, a.sqrt() * (z0 + 0.1 * xi) + (1 - a).sqrt() * eps)
+
+
+def _predictor(checkpoint):
+    localizer, config = load_localizer(checkpoint)
+    return Predictor(localizer, config.diffusion, device=torch.device("cpu"))
+
+
+def test_same_seed_gives_identical_masks_and_another_seed_different_samples(tiny_checkpoint):
+    predictor = _predictor(tiny_checkpoint)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = predictor.predict(images, SamplingOptions(steps=4, ensemble=3, seed=7))
+    again = predictor.predict(images, SamplingOptions(steps=4, ensemble=3, seed=7))
+    other = predictor.predict(images, SamplingOptions(steps=4, ensemble=3, seed=8))
+    assert torch.equal(first.probability, again.probability)
+    assert not torch.equal(first.probability, other.probability)
+    # An image's result does not depend on the batch it was in.
+    alone = predictor.predict(images[1:], SamplingOptions(steps=4, ensemble=3, seed=7))
+    torch.testing.assert_close(alone.probability[0], first.probability[1], atol=1e-5, rtol=0)
+
+
+def test_prediction_ranges_ensemble_spread_and_tta(tiny_checkpoint):
+    predictor = _predictor(tiny_checkpoint)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    single = predictor.predict(images, SamplingOptions(steps=2, ensemble=1))
+    assert single.uncertainty.abs().max() == 0  # one member has no spread
+    many = predictor.predict(images, SamplingOptions(steps=2, ensemble=4, tta=True))
+    for prediction in (single, many):
+        assert prediction.probability.shape == prediction.uncertainty.shape == (1, 1, 64, 64)
+        assert 0 <= prediction.probability.min() and prediction.probability.max() <= 1
+        assert prediction.image_score[0] == prediction.probability.max()
+    assert many.uncertainty.max() > 0
+    # TTA merges by max: never below the plain prediction's ensemble at the same seed.
+    plain = predictor.predict(images, SamplingOptions(steps=2, ensemble=4, tta=False))
+    assert (many.probability >= plain.probability - 1e-6).all()
+
+
+def test_condition_encoder_runs_once_per_view(tiny_checkpoint, monkeypatch):
+    predictor = _predictor(tiny_checkpoint)
+    encoder = predictor.localizer.encoder
+    calls = []
+    original = encoder.forward
+    monkeypatch.setattr(encoder, "forward", lambda x: calls.append(x.shape[0]) or original(x))
+    predictor.predict(torch.rand(3, 3, 64, 64), SamplingOptions(steps=8, ensemble=5, tta=True))
+    assert calls == [6]  # 3 images x 2 views, one call, whatever the steps and ensemble size
