@@ -34,13 +34,18 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
-def default_checkpoint() -> Path:
-    """The checkpoint shipped with diffiml: `weights/` in the wheel, or at the top of a source checkout."""
+def default_checkpoint_dir(name: str = "") -> Path:
+    """A checkpoint shipped with diffiml: `weights/<name>` in the wheel, or at the top of a source checkout."""
     package_dir = Path(__file__).resolve().parent
-    for weights_dir in (package_dir / "weights", package_dir.parent / "weights"):
+    for weights_dir in (package_dir / "weights" / name, package_dir.parent / "weights" / name):
         if (weights_dir / WEIGHTS_NAME).is_file():
             return weights_dir
-    raise DiffimlError("no default checkpoint is installed (weights/model.safetensors); pass --checkpoint")
+    raise DiffimlError(f"no shipped checkpoint at weights/{name}{'/' if name else ''}{WEIGHTS_NAME}; pass it explicitly")
+
+
+def default_checkpoint() -> Path:
+    """The default localizer shipped in `weights/`."""
+    return default_checkpoint_dir("")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -50,6 +50,7 @@ def test_paper_preset_matches_the_reference_sizes():
 
 def test_mask_vae_is_the_reference_design_and_stays_in_eval():
     vae = MaskVAE(MaskVAEConfig())
+    assert not vae.training  # from construction on, or the first encode would update BatchNorm
     assert 180_000 < sum(p.numel() for p in vae.parameters()) < 200_000
     mask = torch.ones(1, 1, 64, 64)
     assert vae.encode(mask).shape == (1, 4, 8, 8)

@@ -53,9 +53,17 @@ def _root() -> None:
 
 
 def _register() -> None:
+    from diffiml_cli.cli import distill_vae
+    from diffiml_cli.cli import benchmark
     from diffiml_cli.cli import localize
+    from diffiml_cli.cli import evaluate
+    from diffiml_cli.cli import train
 
     app.command(name="localize")(localize.localize)
+    app.command(name="benchmark")(benchmark.benchmark)
+    app.command(name="distill-vae")(distill_vae.distill_vae)
+    app.command(name="evaluate")(evaluate.evaluate)
+    app.command(name="train")(train.train)
 
 
 _register()

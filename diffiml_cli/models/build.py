@@ -41,3 +41,10 @@ def load_mask_vae(source: str | Path, *, allow_pickle: bool = False) -> MaskVAE:
     vae = MaskVAE(config)
     load_state_strict(vae, state, source)
     return vae.eval()
+
+
+def default_vae() -> MaskVAE:
+    """The shipped LightVAE (`weights/lightvae`), distilled by `diffiml distill-vae`."""
+    from diffiml_cli.checkpoint import default_checkpoint_dir
+
+    return load_mask_vae(default_checkpoint_dir("lightvae"))

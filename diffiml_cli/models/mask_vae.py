@@ -52,6 +52,8 @@ class MaskVAE(nn.Module):
             *(_up(reversed_widths[i], reversed_widths[i + 1]) for i in range(len(reversed_widths) - 2)),
             nn.ConvTranspose2d(reversed_widths[-2], 1, 3, stride=2, padding=1, output_padding=1),
         )
+        self._trainable = False
+        self.train(False)  # modules start in train mode; a frozen VAE must not, or BN statistics drift
 
     @property
     def downsample_factor(self) -> int:
@@ -70,7 +72,7 @@ class MaskVAE(nn.Module):
 
     def train(self, mode: bool = True) -> "MaskVAE":
         """Inside a localizer the VAE stays frozen in eval(); only `distill-vae` trains it (`unfreeze`)."""
-        return super().train(mode and getattr(self, "_trainable", False))
+        return super().train(mode and self._trainable)
 
     def unfreeze(self) -> "MaskVAE":
         """Allow train mode (for distillation); BatchNorm statistics then update."""

@@ -1,0 +1,144 @@
+"""`diffiml benchmark`: parameters, FLOPs per image and measured speed of the real inference path."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from diffiml_cli.benchmarking import run_benchmark
+from diffiml_cli.checkpoint import default_checkpoint
+from diffiml_cli.cli.common import AllowPickleOption, CheckpointOption, DeviceOption, Fp16Option, StepsOption, TtaOption, stderr
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.inference import resolve_device
+from diffiml_cli.models.build import build_localizer, load_localizer
+from diffiml_cli.presets import PRESETS, get_preset
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """'1,5' -> [1, 5]; every item a positive integer."""
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or any(value < 1 for value in values):
+        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+def benchmark(
+    checkpoint: CheckpointOption = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help=f"Benchmark a random-init model of a preset ({', '.join(PRESETS)}) instead of a checkpoint."),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input size in pixels. Default: the model's own.", min=32)
+    ] = None,
+    steps: StepsOption = 8,
+    ensemble: Annotated[str, typer.Option(help="Comma-separated ensemble sizes N to time.")] = "1,5",
+    tta: TtaOption = False,
+    batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes (images per call) to time.")] = "1,8",
+    device: DeviceOption = "auto",
+    fp16: Fp16Option = False,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing each setting.", min=0)] = 2,
+    iters: Annotated[int, typer.Option(help="Timed calls per setting.", min=1)] = 5,
+    compare_vae: Annotated[
+        bool, typer.Option("--compare-vae", help="Also time LightVAE against the Stable Diffusion VAE architecture.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result to stdout.")] = False,
+    allow_pickle: AllowPickleOption = False,
+) -> None:
+    """Measure parameters, GFLOPs per image and images/s of `Predictor.predict` for each (N, batch) setting."""
+    ensembles = _int_list(ensemble, "--ensemble")
+    batch_sizes = _int_list(batch_size, "--batch-size")
+    if checkpoint and preset:
+        raise DiffimlError("pass --checkpoint or --preset, not both")
+    if preset:
+        torch.manual_seed(0)
+        config = get_preset(preset)
+        localizer, source = build_localizer(config), f"preset:{preset}"
+    else:
+        source_path = checkpoint or default_checkpoint()
+        localizer, config = load_localizer(source_path, allow_pickle=allow_pickle)
+        source = str(source_path)
+    if image_size is not None:
+        config = dataclasses.replace(config, image_size=image_size)  # validates the size for this model
+
+    result = run_benchmark(
+        localizer,
+        config,
+        source=source,
+        random_init=preset is not None,
+        device=resolve_device(device),
+        fp16=fp16,
+        steps=steps,
+        ensembles=ensembles,
+        batch_sizes=batch_sizes,
+        tta=tta,
+        warmup=warmup,
+        iters=iters,
+        with_vae_comparison=compare_vae,
+        on_progress=None if json_output else lambda message: stderr.print(f"[dim]{message}[/dim]"),
+    )
+    if json_output:
+        print(json.dumps(result, indent=2))
+    else:
+        _render(result, Console())
+
+
+def _g(value: float) -> str:
+    """Three significant digits, without switching to exponent notation for the sizes seen here."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _stats(stats: dict[str, float]) -> str:
+    return f"{_g(stats['median'])} [{_g(stats['q25'])}–{_g(stats['q75'])}]"
+
+
+def _render(result: dict[str, Any], console: Console) -> None:
+    """A few lines of context, then a table with one row per (N, batch) setting."""
+    model, dev, sampling, params = result["model"], result["device"], result["sampling"], result["parameters"]
+    console.print(
+        f"[bold]{model['source']}[/bold] at {model['image_size']}px, {sampling['steps']} DDIM steps, "
+        f"TTA {'on' if sampling['tta'] else 'off'}; {dev['type']} ({dev['name']}), "
+        f"{dev['cpu_threads']} CPU threads, {'fp16' if dev['fp16'] else 'fp32'}, torch {dev['torch']}"
+    )
+    if model["random_init"]:
+        console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
+
+    table = Table(caption="per image; a MAC is 2 FLOPs; times are median [25th–75th percentile]")
+    for column in ("N", "batch", "params M\nenc+den+vae", "GFLOPs\n(GMACs)", "encoder\nGFLOPs",
+                   "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s"):
+        table.add_column(column, justify="right")
+    millions = {part: n / 1e6 for part, n in params.items()}
+    for setting in result["settings"]:
+        flops, timing = setting["flops"], setting["timing"]
+        gflops = flops["gflops"]
+        table.add_row(
+            str(setting["ensemble"]),
+            str(setting["batch_size"]),
+            f"{_g(millions['total'])}\n{_g(millions['encoder'])}+{_g(millions['denoiser'])}+{_g(millions['vae'])}",
+            f"{_g(gflops['total'])}\n({_g(flops['gmacs']['total'])})",
+            _g(gflops["encoder"]),
+            f"{_g(gflops['denoiser'])}\n{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}",
+            _g(gflops["vae_decode"]),
+            _stats(timing["ms_per_image"]),
+            _stats(timing["images_per_second"]),
+        )
+    console.print(table)
+
+    vae = result["vae_comparison"]
+    if vae:
+        mask_vae, sd_vae = vae["mask_vae"], vae["sd_vae"]
+        console.print(
+            f"VAE encode+decode of one {vae['image_size']}² mask: LightVAE {_stats(mask_vae['ms'])} ms "
+            f"({_g(mask_vae['parameters'] / 1e6)}M params, {_g(mask_vae['gflops'])} GFLOPs), SD VAE "
+            f"{_stats(sd_vae['ms'])} ms ({_g(sd_vae['parameters'] / 1e6)}M, {_g(sd_vae['gflops'])} GFLOPs): "
+            f"LightVAE is [bold]{vae['speedup']:.0f}× faster[/bold] with {vae['flops_ratio']:.0f}× fewer FLOPs"
+        )

@@ -1,0 +1,93 @@
+"""`diffiml train`: Algorithm 1 on real datasets and/or synthetic manipulations; torchrun for multi-GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
+from diffiml_cli.data import AugmentConfig
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.inference import resolve_device
+from diffiml_cli.models.backbone_weights import load_backbone_weights
+from diffiml_cli.models.build import build_localizer, default_vae, load_mask_vae
+from diffiml_cli.presets import get_preset
+from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, build_training_data, build_validation_data
+
+
+def train(
+    data: Annotated[list[str], typer.Option("--data", help="IMDL-BenCo JSON or Tp/Gt(/Au) folder, optionally PATH:WEIGHT. Repeatable.")] = [],  # noqa: B006
+    synthetic_from: Annotated[list[Path], typer.Option("--synthetic-from", help="A folder of authentic photos to manipulate on the fly. Repeatable.")] = [],  # noqa: B006
+    val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
+    vae: Annotated[str | None, typer.Option(help="MaskVAE checkpoint from distill-vae (default: the shipped weights/lightvae).")] = None,
+    backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init: efficientnet-lite0, a local file, or a Hub id.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimisation steps (or give --epochs).", min=1)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.", min=1)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step per process.", min=1)] = 8,
+    image_size: Annotated[int | None, typer.Option(help="Training size (default: the preset's).")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.")] = 100,
+    ema: Annotated[float, typer.Option(help="EMA decay of the weights; 0 disables.")] = 0.0,
+    prior_rate: Annotated[float, typer.Option(help="Error-prior rate lambda.")] = 0.1,
+    mask_loss_weight: Annotated[float, typer.Option(help="Loss weight alpha of the mask latent (edge gets 1 - alpha).")] = 0.2,
+    amp: Annotated[str, typer.Option(help="none, bf16 or fp16 (CUDA).")] = "none",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: state, logs and checkpoints.")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/state.pt.")] = False,
+    seed: SeedOption = 0,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.", min=0)] = 0,
+    save_every: Annotated[int, typer.Option(help="Write the resumable state every N steps.", min=1)] = 200,
+    val_every: Annotated[int, typer.Option(help="Validate and write checkpoints every N steps.", min=1)] = 500,
+    device: DeviceOption = "auto",
+) -> None:
+    """Train DiffIML's condition encoder and denoiser on frozen MaskVAE latents (Algorithm 1)."""
+    torch_device = resolve_device(device)
+    config = get_preset(preset)
+    if image_size is not None:
+        config = dataclasses.replace(config, image_size=image_size)
+    mask_vae = load_mask_vae(vae) if vae else default_vae()
+    config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
+    torch.manual_seed(seed)
+    localizer = build_localizer(config)
+    localizer.vae.load_state_dict(mask_vae.state_dict())
+    if backbone_weights:
+        load_backbone_weights(localizer.encoder, backbone_weights)
+
+    train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed, augment=AugmentConfig())
+    val_data = build_validation_data(val, image_size=config.image_size, seed=seed) if val else None
+    if (steps is None) == (epochs is None):
+        raise DiffimlError("give exactly one of --steps and --epochs")
+    options = TrainOptions(
+        out_dir=out, steps=steps or 1, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
+        seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
+    )
+    trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=torch_device)
+    if epochs is not None:
+        trainer.options = options = dataclasses.replace(options, steps=epochs * trainer.batches_per_epoch)
+    if resume:
+        trainer.resume(out / STATE_NAME)
+    elif (out / STATE_NAME).exists():
+        raise DiffimlError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+    show = trainer.context.is_main
+    with Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[speed]} step/s  {task.fields[val]}"),
+        console=stderr, disable=not show,
+    ) as progress:
+        task = progress.add_task("train", total=options.steps, completed=trainer.step, loss="-", speed="-", val="")
+
+        def on_step(step: int, record: dict) -> None:
+            val_text = f"val F1 {record['val_f1']:.3f}" if "val_f1" in record else progress.tasks[task].fields["val"]
+            progress.update(task, completed=step, loss=f"{record['loss']:.4f}", speed=f"{record['steps_per_s']:.2f}", val=val_text)
+
+        trainer.fit(on_step)
+    if show:
+        stderr.print(f"done: {out / 'final'} (inference checkpoint), log {out / 'metrics.jsonl'}")

@@ -1,0 +1,159 @@
+"""Training-time augmentation, plus the resize and JPEG helpers the data pipeline shares.
+
+Two families of augmentation: naive manipulations that change content and therefore extend the
+mask (a square copied within the image, an OpenCV inpaint of a random region), and photometric
+post-processing that leaves the mask alone except for its size (flip, resize, blur, noise, JPEG).
+Manipulations come first and JPEG last, the order in which a forger's edits are then saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from diffiml_cli.data import regions
+
+# Interpolations a resampling step may draw from; each leaves a different trace.
+INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities (per sample) and ranges of each augmentation; ranges are inclusive."""
+
+    hflip: float = 0.5
+    blur: float = 0.1
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    jpeg: float = 0.3
+    jpeg_quality: tuple[int, int] = (60, 100)
+    noise: float = 0.1
+    noise_std: tuple[float, float] = (1.0, 6.0)  # in 0..255 gray levels
+    resize: float = 0.2
+    resize_scale: tuple[float, float] = (0.5, 1.5)
+    crop_paste: float = 0.1  # naive copy-move of a square; the mask gains the pasted square
+    crop_paste_side: tuple[float, float] = (0.08, 0.3)  # square side as a fraction of min(H, W)
+    inpaint: float = 0.1  # naive cv2.inpaint of a random region; the mask gains the region
+    inpaint_area: tuple[float, float] = (0.005, 0.06)  # region area as a fraction of the image
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: int | None = None) -> np.ndarray:
+    """Resize (H, W, C) or (H, W) uint8 to size = (width, height).
+
+    Default interpolation: INTER_AREA along an axis that shrinks (anti-aliased), INTER_LINEAR along
+    one that grows; when one axis shrinks and the other grows, the axes are resized one at a time.
+    """
+    height, width = image.shape[:2]
+    new_width, new_height = size
+    if (new_width, new_height) == (width, height):
+        return image
+    if interpolation is not None:
+        return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
+    shrinking = new_width < width or new_height < height
+    growing = new_width > width or new_height > height
+    if not (shrinking and growing):
+        return cv2.resize(image, (new_width, new_height),
+                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    image = resize_image(image, (new_width, height))
+    return resize_image(image, (new_width, new_height))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (H, W) bool to size = (width, height), aligned with `resize_image`.
+
+    The mask is resampled as a 0/1 float (area when shrinking, linear when growing, which keeps
+    pixel centres where the image's interpolation puts them) and thresholded at 0.5.
+    """
+    if mask.shape[::-1] == tuple(size):
+        return mask
+    soft = resize_image(mask.astype(np.float32), size)
+    return soft >= 0.5
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """Round-trip (H, W, 3) uint8 RGB through OpenCV's JPEG codec (4:2:0) at `quality` 1..100."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of (H, W, 3) uint8 with a kernel covering +-3 sigma."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    return cv2.GaussianBlur(image, (2 * radius + 1, 2 * radius + 1), sigma)
+
+
+def inpaint_region(image: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fill `region` ((H, W) bool) of (H, W, 3) uint8 with cv2.inpaint, TELEA or NS at random.
+
+    Only pixels inside `region` change.
+    """
+    method = cv2.INPAINT_TELEA if rng.random() < 0.5 else cv2.INPAINT_NS
+    radius = int(rng.integers(3, 8))
+    filled = cv2.inpaint(image, region.astype(np.uint8) * 255, radius, method)
+    # cv2.inpaint may touch nothing else, but this makes "only the region changes" a guarantee.
+    return np.where(region[..., None], filled, image)
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def _crop_paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                config: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    height, width = mask.shape
+    side = max(4, int(_uniform(rng, config.crop_paste_side) * min(height, width)))
+    if side >= min(height, width) // 2:
+        return image, mask
+    source_y, target_y = rng.integers(0, height - side + 1, size=2)
+    source_x, target_x = rng.integers(0, width - side + 1, size=2)
+    if max(abs(source_y - target_y), abs(source_x - target_x)) < side // 2:
+        return image, mask  # the square would mostly overlap itself: hardly a manipulation
+    image, mask = image.copy(), mask.copy()
+    source = image[source_y:source_y + side, source_x:source_x + side]
+    image[target_y:target_y + side, target_x:target_x + side] = source
+    mask[target_y:target_y + side, target_x:target_x + side] = True
+    return image, mask
+
+
+def _inpaint(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+             config: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    region = regions.random_shape(rng, mask.shape, _uniform(rng, config.inpaint_area))
+    if not region.any():
+        return image, mask
+    return inpaint_region(image, region, rng), mask | region
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            config: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly augment one training pair.
+
+    image: (H, W, 3) uint8 RGB. mask: (H, W) bool. rng: the sample's generator (determinism).
+    Returns (image, mask) of the same kind; the size changes only under the random resize.
+    The inputs are not modified.
+    """
+    height, width = mask.shape
+    if min(height, width) >= 16:
+        if rng.random() < config.crop_paste:
+            image, mask = _crop_paste(image, mask, rng, config)
+        if rng.random() < config.inpaint:
+            image, mask = _inpaint(image, mask, rng, config)
+    if rng.random() < config.hflip:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < config.resize:
+        scale = _uniform(rng, config.resize_scale)
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        interpolation = INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))]
+        image, mask = resize_image(image, size, interpolation), resize_mask(mask, size)
+    if rng.random() < config.blur:
+        image = gaussian_blur(image, _uniform(rng, config.blur_sigma))
+    if rng.random() < config.noise:
+        noise = rng.normal(0.0, _uniform(rng, config.noise_std), size=image.shape)
+        image = np.clip(image + noise, 0, 255).astype(np.uint8)
+    if rng.random() < config.jpeg:
+        quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        image = jpeg_compress(np.ascontiguousarray(image), quality)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)

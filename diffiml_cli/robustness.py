@@ -1,0 +1,117 @@
+"""Robustness protocol of DiffIML (ICMR 2026, Fig. 4): JPEG, Gaussian blur and Gaussian noise.
+
+The levels are the authors': JPEG quality 100..50, blur kernel 3..23 (sigma derived from the kernel),
+noise variance 3..23 on the 0..255 scale. Each perturbation is a pure function of an (H, W, 3) uint8
+RGB image at its original resolution, applied before the image is resized to the model's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from diffiml_cli.errors import DiffimlError
+
+PERTURBATION_LEVELS: dict[str, tuple[int, ...]] = {
+    "jpeg": (100, 90, 80, 70, 60, 50),  # quality; lower = stronger
+    "blur": (3, 7, 11, 15, 19, 23),  # square kernel side in pixels
+    "noise": (3, 7, 11, 15, 19, 23),  # variance in squared 0..255 gray levels
+}
+"""Perturbation kind -> its levels, mildest first, as in the paper's robustness figure."""
+
+PERTURBATION_DEFINITIONS: dict[str, str] = {
+    "jpeg": "JPEG round trip through OpenCV (cv2.imencode, 4:2:0 chroma) at the given quality.",
+    "blur": "cv2.GaussianBlur with a k x k kernel and sigma 0, i.e. sigma = 0.3 ((k - 1) / 2 - 1) + 0.8.",
+    "noise": "Additive zero-mean Gaussian noise of the given variance on the 0..255 scale (std = sqrt(variance)), "
+    "rounded and clipped to 0..255; seeded per (seed, image index), so it is reproducible.",
+}
+"""Perturbation kind -> one-sentence definition, for reports."""
+
+LEVEL_NAMES = {"jpeg": "quality", "blur": "kernel", "noise": "variance"}
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> the same after a JPEG encode/decode at `quality` (1..100)."""
+    _check_image(image)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DiffimlError("OpenCV JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def gaussian_blur(image: np.ndarray, kernel: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> Gaussian-blurred uint8 with a `kernel` x `kernel` window (odd), sigma from the kernel."""
+    _check_image(image)
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"blur kernel must be a positive odd number, got {kernel}")
+    return cv2.GaussianBlur(image, (kernel, kernel), 0)
+
+
+def gaussian_noise(image: np.ndarray, variance: float, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """(H, W, 3) uint8 -> uint8 plus N(0, variance) noise per pixel and channel, rounded and clipped.
+
+    `seed` (an int or a sequence of ints, e.g. (seed, image index)) fixes the draw; the noise pattern for
+    one seed is the same at every variance, only scaled, so levels differ by strength alone.
+    """
+    _check_image(image)
+    if variance < 0:
+        raise ValueError(f"noise variance must be >= 0, got {variance}")
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(np.sqrt(variance))
+    return np.clip(np.round(image.astype(np.float32) + noise), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One level of one kind; call it on an image (and the image's index, which seeds the noise)."""
+
+    kind: str
+    level: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PERTURBATION_LEVELS:
+            raise DiffimlError(f"unknown perturbation {self.kind!r}; choose from {', '.join(PERTURBATION_LEVELS)}")
+
+    @property
+    def label(self) -> str:
+        """Short text such as 'jpeg quality=90'."""
+        return f"{self.kind} {LEVEL_NAMES[self.kind]}={self.level}"
+
+    def __call__(self, image: np.ndarray, index: int = 0) -> np.ndarray:
+        """image: (H, W, 3) uint8 RGB -> perturbed (H, W, 3) uint8 RGB of the same size."""
+        if self.kind == "jpeg":
+            return jpeg_compress(image, self.level)
+        if self.kind == "blur":
+            return gaussian_blur(image, self.level)
+        return gaussian_noise(image, self.level, (self.seed, index))
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...]:
+    """'jpeg,blur' -> ('jpeg', 'blur'); None or '' -> (). Unknown or repeated kinds are a DiffimlError."""
+    if not text:
+        return ()
+    kinds = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    unknown = [kind for kind in kinds if kind not in PERTURBATION_LEVELS]
+    if unknown:
+        raise DiffimlError(f"--robustness: unknown perturbation {unknown[0]!r}; choose from {', '.join(PERTURBATION_LEVELS)}")
+    if len(set(kinds)) != len(kinds):
+        raise DiffimlError(f"--robustness: {text!r} names a perturbation twice")
+    return kinds
+
+
+def perturbations(kind: str, seed: int = 0) -> list[Perturbation]:
+    """Every level of `kind`, mildest first."""
+    if kind not in PERTURBATION_LEVELS:
+        raise DiffimlError(f"unknown perturbation {kind!r}; choose from {', '.join(PERTURBATION_LEVELS)}")
+    return [Perturbation(kind, level, seed) for level in PERTURBATION_LEVELS[kind]]

@@ -1,0 +1,369 @@
+"""Algorithm 1: train the condition encoder and denoiser on frozen MaskVAE latents.
+
+One step: z0 = [VAE(mask), VAE(edge)] * scale; t ~ U{0..T-1};
+x_t = sqrt(a_t) (z0 + lambda xi) + sqrt(1 - a_t) eps (the error prior); x0_pred = denoiser(x_t, t, E(image));
+loss = alpha * MSE(mask latent) + (1 - alpha) * MSE(edge latent). AdamW with warm-up then cosine decay,
+gradient clipping, an optional EMA of the weights, AMP on CUDA, and DDP under torchrun.
+
+Resumable and reproducible: the data order is a pure function of (seed, epoch, rank), dataset items a
+pure function of (seed, epoch, index), and the state file (weights, EMA, optimizer, LR schedule, step,
+noise generator) is written atomically, so a killed run resumes into the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+
+from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
+from diffiml_cli.config import ModelConfig, config_to_dict
+from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.metrics import MetricAccumulator
+from diffiml_cli.models.localizer import Localizer
+
+STATE_NAME = "state.pt"
+LOG_NAME = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Optimisation and bookkeeping settings; the paper's values are the defaults."""
+
+    out_dir: Path
+    steps: int
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 disables the EMA; 0.999 is typical for long runs
+    prior_rate: float = 0.1  # lambda of the error prior
+    mask_loss_weight: float = 0.2  # alpha; the edge latent gets 1 - alpha
+    amp: str = "none"  # "bf16" or "fp16" autocast on CUDA
+    seed: int = 0
+    save_every: int = 200
+    val_every: int = 500
+    log_every: int = 10
+    num_workers: int = 0
+    val_sampling: SamplingOptions = SamplingOptions(steps=8, ensemble=1)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Rank and world size from torchrun's environment; world size 1 without it."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); a no-op for one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def epoch_indices(length: int, epoch: int, *, seed: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's share of epoch `epoch`'s permutation of range(length): disjoint across ranks."""
+    permutation = np.random.default_rng([seed, epoch]).permutation(length)
+    usable = length - length % world_size
+    return permutation[:usable][rank::world_size]
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class DenoisingObjective(nn.Module):
+    """The trainable forward pass, as one module so DDP can wrap it: (image, x_t, t) -> x0_pred."""
+
+    def __init__(self, localizer: Localizer) -> None:
+        super().__init__()
+        self.localizer = localizer
+
+    def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.localizer.denoiser(x_t, t, self.localizer.encoder(image))
+
+
+def diffiml_loss(x0_pred: torch.Tensor, z0: torch.Tensor, mask_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * MSE over the 4 mask-latent channels + (1 - alpha) * MSE over the 4 edge-latent channels."""
+    mask_loss = F.mse_loss(x0_pred[:, :4].float(), z0[:, :4])
+    edge_loss = F.mse_loss(x0_pred[:, 4:].float(), z0[:, 4:])
+    loss = mask_weight * mask_loss + (1.0 - mask_weight) * edge_loss
+    return loss, {"loss_mask": mask_loss.item(), "loss_edge": edge_loss.item()}
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule, EMA and data order for one training run."""
+
+    def __init__(
+        self,
+        localizer: Localizer,
+        config: ModelConfig,
+        options: TrainOptions,
+        train_data: Dataset,
+        *,
+        val_data: Dataset | None = None,
+        device: torch.device = torch.device("cpu"),
+    ) -> None:
+        if len(train_data) < options.batch_size:
+            raise DiffimlError(f"the training data has {len(train_data)} items, fewer than one batch of {options.batch_size}")
+        if options.amp != "none" and device.type != "cuda":
+            raise DiffimlError("--amp needs CUDA; on the CPU training runs in fp32")
+        self.config, self.options, self.device = config, options, device
+        self.train_data, self.val_data = train_data, val_data
+        self.context = init_distributed(device)
+        self.localizer = localizer.to(device)
+        self.objective: nn.Module = DenoisingObjective(self.localizer)
+        if self.context.world_size > 1:
+            self.objective = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.context.local_rank] if device.type == "cuda" else None
+            )
+        trainable = [p for p in self.localizer.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: warmup_cosine(step, warmup_steps=options.warmup_steps, total_steps=options.steps),
+        )
+        self.ema = (
+            AveragedModel(self.localizer, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay), use_buffers=True)
+            if options.ema_decay > 0
+            else None
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=options.amp == "fp16")
+        self.alphas_cumprod = make_scheduler(config.diffusion).alphas_cumprod.to(device)
+        # Timesteps and noise come from one generator per rank whose state is checkpointed.
+        self.generator = torch.Generator(device=device).manual_seed(options.seed * 1000 + self.context.rank)
+        self.step = 0
+        self.best_f1 = -1.0
+        self.batches_per_epoch = len(train_data) // self.context.world_size // options.batch_size
+        if self.batches_per_epoch == 0:
+            raise DiffimlError("not enough training data for one batch per process")
+
+    # ----- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "best_f1": self.best_f1,
+            "model": self.localizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "config": json.dumps(config_to_dict(self.config)),
+        }
+
+    def resume(self, path: Path) -> None:
+        """Continue from a state written by this trainer; the config must be the same."""
+        state = load_training_state(path)
+        if state["config"] != json.dumps(config_to_dict(self.config)):
+            raise DiffimlError(f"{path}: the saved run used a different model config; start a new --out")
+        self.localizer.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.step, self.best_f1 = state["step"], state["best_f1"]
+
+    def _save_state(self) -> None:
+        if self.context.is_main:
+            save_training_state(self.options.out_dir / STATE_NAME, self.state_dict())
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def _batches(self):
+        """Yield (epoch, batch) from the current step on, in the order a fresh run would see them."""
+        epoch, skip = divmod(self.step, self.batches_per_epoch)
+        batch_size = self.options.batch_size
+        while True:
+            if hasattr(self.train_data, "set_epoch"):
+                self.train_data.set_epoch(epoch)
+            ctx = self.context
+            indices = epoch_indices(len(self.train_data), epoch, seed=self.options.seed, rank=ctx.rank, world_size=ctx.world_size)
+            indices = indices[skip * batch_size : self.batches_per_epoch * batch_size]
+            loader = DataLoader(
+                self.train_data,
+                batch_size=batch_size,
+                sampler=indices.tolist(),
+                num_workers=self.options.num_workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+            )
+            yield from ((epoch, batch) for batch in loader)
+            epoch, skip = epoch + 1, 0
+
+    def _autocast(self):
+        if self.options.amp == "none":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.options.amp == "bf16" else torch.float16)
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step of Algorithm 1 on `batch`; returns the logged numbers."""
+        image = batch["image"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            z0 = self.localizer.encode_targets(batch["mask"].to(self.device), batch["edge"].to(self.device))
+        B = image.shape[0]
+        t = torch.randint(0, len(self.alphas_cumprod), (B,), generator=self.generator, device=self.device)
+        x_t = add_noise_with_error_prior(
+            z0, t, self.alphas_cumprod, prior_rate=self.options.prior_rate, generator=self.generator
+        )
+        self.objective.train()
+        with self._autocast():
+            x0_pred = self.objective(image, x_t, t)
+        loss, parts = diffiml_loss(x0_pred, z0, self.options.mask_loss_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.localizer.parameters(), self.options.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.localizer)
+        self.step += 1
+        return {"loss": loss.item(), **parts, "grad_norm": float(grad_norm), "lr": self.lr_schedule.get_last_lr()[0]}
+
+    def inference_model(self) -> Localizer:
+        """The weights to evaluate and ship: the EMA when enabled, else the live model."""
+        return self.ema.module if self.ema is not None else self.localizer
+
+    def fit(self, on_step: Callable[[int, dict], None] = lambda step, record: None) -> dict:
+        """Train until `options.steps`; log, validate and checkpoint on schedule. Returns the last record."""
+        options, out_dir = self.options, self.options.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.context.is_main:
+            (out_dir / "train_config.json").write_text(
+                json.dumps({"model": config_to_dict(self.config), "train": asdict(options)}, indent=2, default=str)
+            )
+        record: dict = {}
+        started, steps_at_start = time.perf_counter(), self.step
+        # Which items each rank trained on, one line per step: an audit trail for data order and sharding.
+        with (out_dir / f"data-indices-rank{self.context.rank}.txt").open("a") as indices_log:
+            for epoch, batch in self._batches():
+                if self.step >= options.steps:
+                    break
+                indices_log.write(" ".join(map(str, batch["index"].tolist())) + "\n")
+                record = {"step": self.step + 1, "epoch": epoch, **self.train_step(batch)}
+                record["steps_per_s"] = (self.step - steps_at_start) / (time.perf_counter() - started)
+                if self.step % options.log_every == 0 or self.step == options.steps:
+                    self._log(record)
+                if self.val_data is not None and (self.step % options.val_every == 0 or self.step == options.steps):
+                    record.update(self.validate())
+                    self._log({"step": self.step, **{k: v for k, v in record.items() if k.startswith("val_")}})
+                    self._save_inference_checkpoints(record.get("val_f1", -1.0))
+                if self.step % options.save_every == 0 or self.step == options.steps:
+                    self._save_state()
+                on_step(self.step, record)
+        if self.context.is_main:
+            save_checkpoint(out_dir / "final", self.inference_model(), self.config)
+        return record
+
+    def _log(self, record: dict) -> None:
+        if self.context.is_main:
+            with (self.options.out_dir / LOG_NAME).open("a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def _save_inference_checkpoints(self, f1: float) -> None:
+        if not self.context.is_main:
+            return
+        latest = save_checkpoint(self.options.out_dir / "latest", self.inference_model(), self.config)
+        if f1 > self.best_f1:
+            self.best_f1 = f1
+            best = self.options.out_dir / "best"
+            best.mkdir(exist_ok=True)
+            for name in ("model.safetensors", "config.json"):
+                shutil.copyfile(latest / name, best / f".{name}.tmp")
+                os.replace(best / f".{name}.tmp", best / name)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Pixel F1@0.5 (per image, over tampered images) and authentic FPR on `val_data`, at model size."""
+        if hasattr(self.val_data, "set_epoch"):
+            self.val_data.set_epoch(0)  # the same validation items every time
+        model = self.inference_model()
+        predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=False)
+        accumulator = MetricAccumulator()
+        loader = DataLoader(self.val_data, batch_size=self.options.batch_size, num_workers=self.options.num_workers)
+        for batch in loader:
+            prediction = predictor.predict(batch["image"], self.options.val_sampling)
+            for probability, mask, score in zip(prediction.probability, batch["mask"], prediction.image_score):
+                accumulator.add(probability[0], mask[0] > 0.5, float(score))
+        self.localizer.train()
+        summary = accumulator.summary()
+        return {f"val_{key}": summary[key] for key in ("pixel_f1", "oracle_f1", "authentic_pixel_fpr") if key in summary} | {
+            "val_f1": summary["pixel_f1"]
+        }
+
+
+def build_training_data(
+    data_specs: Sequence[str],
+    synthetic_dirs: Sequence[str | Path],
+    *,
+    image_size: int,
+    seed: int,
+    augment,
+    edge_width: int = 7,
+    synthetic_length: int = 4096,
+) -> Dataset:
+    """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders."""
+    from diffiml_cli.data import MixedDataset, PairDataset, SyntheticDataset, SyntheticManipulations
+    from diffiml_cli.data import parse_weighted_specs, validate_pairs
+
+    datasets, weights = [], []
+    for pairs, weight in parse_weighted_specs(list(data_specs)):
+        validate_pairs(pairs)  # a bad manifest fails now, before any training step
+        datasets.append(PairDataset(pairs, image_size=image_size, augment=augment, edge_width=edge_width, seed=seed))
+        weights.append(weight)
+    for folder in synthetic_dirs:
+        manipulations = SyntheticManipulations(folder, seed=seed)
+        datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length, augment=augment, edge_width=edge_width))
+        weights.append(1.0)
+    if not datasets:
+        raise DiffimlError("no training data: give --data SPEC and/or --synthetic-from DIR")
+    if len(datasets) == 1:
+        return datasets[0]
+    return MixedDataset(datasets, weights, length=sum(len(d) for d in datasets), seed=seed)
+
+
+def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64) -> Dataset:
+    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training) or a dataset SPEC."""
+    from diffiml_cli.data import PairDataset, SyntheticDataset, SyntheticManipulations, load_spec, validate_pairs
+
+    if spec.startswith("synthetic:"):
+        folder, _, count = spec.removeprefix("synthetic:").partition(":")
+        manipulations = SyntheticManipulations(folder, seed=seed + 1_000_003)
+        return SyntheticDataset(manipulations, image_size=image_size, length=int(count or limit))
+    pairs = load_spec(spec)[:limit]
+    validate_pairs(pairs)
+    return PairDataset(pairs, image_size=image_size, augment=None)

@@ -1,0 +1,165 @@
+"""Synthetic manipulations: masks match the changed pixels, determinism, segments, post-processing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffiml_cli.data import SyntheticDataset, SyntheticManipulations, random_mask, regions
+from diffiml_cli.data.augment import jpeg_compress
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.image_io import load_rgb
+
+_HEIGHT, _WIDTH = 96, 128
+_PHOTOS = 4
+
+
+def _photo(seed: int) -> np.ndarray:
+    """Textured (H, W, 3) uint8, distinct per seed so donor and host never coincide."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (_WIDTH, _HEIGHT),
+                      interpolation=cv2.INTER_CUBIC)
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def _labels() -> np.ndarray:
+    """A 3 x 4 grid of segments, each 1/12 of the image."""
+    rows = np.repeat(np.arange(3), _HEIGHT // 3)[:, None]
+    columns = np.repeat(np.arange(4), _WIDTH // 4)[None, :]
+    return (1 + rows * 4 + columns).astype(np.uint8)
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for number in range(_PHOTOS):
+        Image.fromarray(_photo(number)).save(folder / f"p{number}.png")
+    return folder
+
+
+@pytest.fixture()
+def photos_with_segments(photos: Path) -> Path:
+    segments = photos.parent / "photos-segments"
+    segments.mkdir()
+    for number in range(_PHOTOS):
+        Image.fromarray(_labels()).save(segments / f"p{number}.png")
+    return photos
+
+
+@pytest.mark.parametrize("kind", ["splice", "copy_move", "inpaint"])
+def test_mask_matches_changed_pixels(photos_with_segments, kind):
+    maker = SyntheticManipulations(photos_with_segments, seed=1, authentic_share=0.0, post_process=False, kinds=[kind])
+    originals = {path.name: load_rgb(path) for path in maker.photos}
+    near_mask = np.ones((5, 5), np.uint8)  # 2 px around the mask
+    for index in range(12):
+        sample = maker.make_sample(index)
+        assert sample.kind == kind
+        original = originals[sample.host_path.name]
+        if kind == "splice":
+            # The host may have been given a JPEG history first; otherwise it is the photo itself.
+            histories = [original] + [jpeg_compress(original, quality) for quality in range(60, 101, 5)]
+            assert any(np.array_equal(sample.host, candidate) for candidate in histories)
+        else:
+            assert np.array_equal(sample.host, original)
+        assert sample.image.shape == sample.host.shape and sample.mask.shape == sample.host.shape[:2]
+        assert 0.01 <= sample.mask.mean() <= 0.40
+        outside = ~(cv2.dilate(sample.mask.astype(np.uint8), near_mask) > 0)
+        assert np.array_equal(sample.image[outside], sample.host[outside])
+        changed = (sample.image != sample.host).any(axis=2)
+        assert changed[sample.mask].mean() > 0.5
+
+
+def test_authentic_is_untouched(photos):
+    maker = SyntheticManipulations(photos, authentic_share=1.0, post_process=False)
+    for index in range(3):
+        image, mask, kind = maker.make(index)
+        assert kind == "authentic" and not mask.any()
+        assert np.array_equal(image, load_rgb(maker.make_sample(index).host_path))
+
+
+def test_deterministic_in_seed_and_index(photos):
+    first = SyntheticManipulations(photos, seed=7)
+    second = SyntheticManipulations(photos, seed=7)
+    for index in (0, 5, 11):
+        a, b = first.make(index), second.make(index)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    other = SyntheticManipulations(photos, seed=8)
+    assert any(not np.array_equal(first.make(i)[0], other.make(i)[0]) for i in range(3))
+
+
+def test_sibling_segments_folder_is_used(photos_with_segments, monkeypatch):
+    chosen = []
+    original = regions.segment_region
+
+    def spy(*args, **kwargs):
+        region = original(*args, **kwargs)
+        chosen.append(region is not None)
+        return region
+
+    monkeypatch.setattr(regions, "segment_region", spy)
+    maker = SyntheticManipulations(photos_with_segments, authentic_share=0.0, post_process=False, kinds=["inpaint"])
+    assert maker.segments_dir == photos_with_segments.parent / "photos-segments"
+    masks = [maker.make(index)[1] for index in range(10)]
+    assert sum(chosen) >= 3
+    # An undilated segment is exactly one grid cell.
+    cell = (_HEIGHT // 3) * (_WIDTH // 4)
+    assert any(mask.sum() == cell for mask in masks)
+
+
+def test_no_segments_without_sibling(photos, monkeypatch):
+    calls = []
+    monkeypatch.setattr(regions, "segment_region", lambda *args, **kwargs: calls.append(1))
+    maker = SyntheticManipulations(photos, authentic_share=0.0, post_process=False)
+    assert maker.segments_dir is None
+    for index in range(5):
+        maker.make(index)
+    assert not calls
+
+
+def test_post_processed_outputs_stay_aligned(photos_with_segments):
+    maker = SyntheticManipulations(photos_with_segments, seed=2, authentic_share=0.2)
+    kinds = set()
+    for index in range(30):
+        image, mask, kind = maker.make(index)
+        kinds.add(kind)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert mask.dtype == np.bool_ and mask.shape == image.shape[:2]
+        assert mask.any() == (kind != "authentic")
+    assert kinds == {"splice", "copy_move", "inpaint", "authentic"}
+
+
+def test_bad_arguments(photos, tmp_path):
+    with pytest.raises(DiffimlError, match="unknown manipulation"):
+        SyntheticManipulations(photos, kinds=["morph"])
+    with pytest.raises(DiffimlError, match="no such file"):
+        SyntheticManipulations(tmp_path / "absent")
+
+
+def test_synthetic_dataset_items(photos):
+    maker = SyntheticManipulations(photos, seed=4)
+    dataset = SyntheticDataset(maker, image_size=64, length=6)
+    item = dataset[2]
+    assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
+    assert item["edge"].shape == (1, 64, 64) and item["index"] == 2
+    assert torch.equal(SyntheticDataset(maker, image_size=64, length=6)[2]["image"], item["image"])
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[2]["image"], item["image"])
+
+
+def test_random_masks_are_varied():
+    rng = np.random.default_rng(0)
+    masks = [random_mask(rng, 64) for _ in range(200)]
+    assert all(mask.shape == (64, 64) and mask.dtype == np.bool_ for mask in masks)
+    areas = np.array([mask.mean() for mask in masks])
+    components = np.array([cv2.connectedComponents(mask.astype(np.uint8))[0] - 1 for mask in masks])
+    assert (areas > 0).mean() > 0.9
+    assert (components >= 5).sum() >= 10
+    assert (components == 1).sum() >= 40
+    assert (areas < 0.02).sum() >= 20 and (areas > 0.2).sum() >= 10
+    assert (areas == 0).any() and (areas == 1).any()

@@ -1,0 +1,177 @@
+"""Algorithm 1: overfitting, exact resume, SIGKILL safety and torchrun data sharding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from diffiml_cli.checkpoint import load_training_state
+from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
+from diffiml_cli.models.build import build_localizer, load_localizer
+from diffiml_cli.presets import get_preset
+from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, diffiml_loss, epoch_indices, warmup_cosine
+
+
+class _Squares(Dataset):
+    """Images with a bright square whose position is the mask: learnable from the condition alone."""
+
+    def __init__(self, length: int = 16, size: int = 64) -> None:
+        rng = np.random.default_rng(0)
+        self.items = []
+        for index in range(length):
+            image = rng.uniform(0.2, 0.4, (3, size, size)).astype(np.float32)
+            mask = np.zeros((1, size, size), np.float32)
+            y, x = rng.integers(0, size - 24, 2)
+            image[:, y : y + 24, x : x + 24] += 0.5
+            mask[:, y : y + 24, x : x + 24] = 1
+            edge = cv2.dilate(cv2.Canny((mask[0] * 255).astype(np.uint8), 100, 200), np.ones((3, 3), np.uint8))[None] > 0
+            self.items.append({"image": torch.from_numpy(image), "mask": torch.from_numpy(mask),
+                               "edge": torch.from_numpy(edge.astype(np.float32)), "index": index})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def _trainer(tmp_path, steps, **overrides) -> Trainer:
+    torch.manual_seed(0)
+    config = get_preset("test")
+    options = TrainOptions(out_dir=tmp_path, steps=steps, batch_size=4, warmup_steps=2, log_every=1,
+                           save_every=overrides.pop("save_every", 1000), val_every=10_000, **overrides)
+    return Trainer(build_localizer(config), config, options, _Squares())
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    values = [warmup_cosine(s, warmup_steps=10, total_steps=110) for s in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.5) and values[110] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))
+
+
+def test_loss_weights_mask_and_edge_latents_by_alpha():
+    z0 = torch.zeros(2, 8, 4, 4)
+    pred = torch.cat([torch.ones(2, 4, 4, 4), 2 * torch.ones(2, 4, 4, 4)], dim=1)
+    loss, parts = diffiml_loss(pred, z0, mask_weight=0.2)
+    assert parts == {"loss_mask": 1.0, "loss_edge": 4.0}
+    assert loss.item() == pytest.approx(0.2 * 1 + 0.8 * 4)
+
+
+def test_overfits_one_fixed_batch(tmp_path):
+    trainer = _trainer(tmp_path, steps=300, learning_rate=3e-3)
+    batch = {k: torch.stack([trainer.train_data[i][k] for i in range(4)]) for k in ("image", "mask", "edge")}
+    batch["index"] = torch.arange(4)
+
+    def fixed_loss() -> float:  # the same timesteps and noise every time, spanning the schedule
+        generator = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            z0 = trainer.localizer.encode_targets(batch["mask"], batch["edge"])
+            t = torch.tensor([50, 300, 600, 950])
+            x_t = add_noise_with_error_prior(z0, t, trainer.alphas_cumprod, prior_rate=0.1, generator=generator)
+            return diffiml_loss(trainer.objective(batch["image"], x_t, t), z0, 0.2)[0].item()
+
+    start = fixed_loss()
+    for _ in range(300):
+        trainer.train_step(batch)
+    assert fixed_loss() < 0.1 * start
+
+
+def test_resume_continues_the_same_trajectory(tmp_path):
+    straight = _trainer(tmp_path / "straight", steps=6)
+    straight.fit()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step, record):
+        if step == 3:
+            raise Stop
+
+    interrupted = _trainer(tmp_path / "resumed", steps=6, save_every=3)
+    with pytest.raises(Stop):
+        interrupted.fit(stop_at_3)
+    resumed = _trainer(tmp_path / "resumed", steps=6)
+    resumed.resume(tmp_path / "resumed" / STATE_NAME)
+    assert resumed.step == 3
+    resumed.fit()
+    for (name, a), b in zip(straight.localizer.state_dict().items(), resumed.localizer.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    lines = lambda run: (tmp_path / run / "data-indices-rank0.txt").read_text().split("\n")  # noqa: E731
+    assert lines("straight") == lines("resumed")  # the same data order, step for step
+    final, _ = load_localizer(tmp_path / "resumed" / "final")
+    torch.testing.assert_close(next(final.parameters()), next(resumed.localizer.parameters()))
+
+
+def test_epoch_indices_are_disjoint_across_ranks_and_cover_the_epoch():
+    shards = [epoch_indices(10, 3, seed=1, rank=r, world_size=3) for r in range(3)]
+    together = np.concatenate(shards)
+    assert len(together) == 9 and len(set(together.tolist())) == 9
+    assert not np.array_equal(epoch_indices(10, 4, seed=1, rank=0, world_size=3), shards[0])
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """A few textured 'photos' for the synthetic manipulation generator."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (7, 7), 0)
+        for _ in range(4):
+            centre = (int(rng.integers(0, 128)), int(rng.integers(0, 96)))
+            cv2.circle(image, centre, int(rng.integers(6, 24)), [int(v) for v in rng.integers(0, 256, 3)], -1)
+        cv2.imwrite(str(folder / f"photo{index}.png"), image)
+    return folder
+
+
+def _train_command(photo_folder, tiny_checkpoint, out, steps, *extra):
+    return ["train", "--synthetic-from", str(photo_folder), "--preset", "test", "--vae", str(tiny_checkpoint),
+            "--steps", str(steps), "--batch-size", "2", "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_an_intact_state_that_resumes(tmp_path, photo_folder, tiny_checkpoint):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "diffiml_cli", *_train_command(photo_folder, tiny_checkpoint, out, 400, "--save-every", "1")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / STATE_NAME).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # well inside the loop, which writes the state after every step
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = load_training_state(out / STATE_NAME)
+    assert 0 < state["step"] < 400
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    resumed = subprocess.run([sys.executable, "-m", "diffiml_cli",
+                              *_train_command(photo_folder, tiny_checkpoint, out, state["step"] + 2, "--resume")],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_training_state(out / STATE_NAME)["step"] == state["step"] + 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo_see_disjoint_data(tmp_path, photo_folder, tiny_checkpoint):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    result = subprocess.run(
+        [*torchrun, "-m", "diffiml_cli", *_train_command(photo_folder, tiny_checkpoint, out, 3, "--device", "cpu")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [[line.split() for line in (out / f"data-indices-rank{rank}.txt").read_text().splitlines()] for rank in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 3
+    for step in range(3):
+        assert not set(seen[0][step]) & set(seen[1][step])
+    assert (out / "final" / "model.safetensors").is_file() and (out / STATE_NAME).is_file()
