@@ -39,6 +39,9 @@ class ConditionEncoderConfig:
     out_channels: int = 128  # channels of the condition fed to the denoiser
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet; 0.5 for EfficientNet-Lite
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Epsilon of every backbone LayerNorm; None keeps timm's (1e-6 in pvt_v2 blocks). MiT weights from
+    # transformers (`nvidia/mit-b3`) are computed there with 1e-5 everywhere.
+    layer_norm_eps: float | None = None
 
 
 @dataclass(frozen=True)

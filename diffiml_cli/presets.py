@@ -25,6 +25,9 @@ _FAST_DENOISER = DenoiserConfig(
     norm_num_groups=8,
 )
 
+# Transformers' SegFormer, whose names `nvidia/mit-b3` uses, runs every LayerNorm at eps 1e-5.
+_MIT_B3 = ConditionEncoderConfig(layer_norm_eps=1e-5)
+
 _EFFICIENTNET_LITE0 = ConditionEncoderConfig(
     backbone="tf_efficientnet_lite0",
     backbone_kwargs=(),
@@ -33,8 +36,8 @@ _EFFICIENTNET_LITE0 = ConditionEncoderConfig(
 )
 
 PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(image_size=512),
-    "fast": ModelConfig(image_size=512, denoiser=_FAST_DENOISER),
+    "paper": ModelConfig(image_size=512, encoder=_MIT_B3),
+    "fast": ModelConfig(image_size=512, encoder=_MIT_B3, denoiser=_FAST_DENOISER),
     "tiny": ModelConfig(image_size=384, encoder=_EFFICIENTNET_LITE0, denoiser=_FAST_DENOISER),
     # For tests only: a random-init, few-thousand-parameter network that runs in milliseconds.
     "test": ModelConfig(

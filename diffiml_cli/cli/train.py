@@ -26,7 +26,7 @@ def train(
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     vae: Annotated[str | None, typer.Option(help="MaskVAE checkpoint from distill-vae (default: the shipped weights/lightvae).")] = None,
-    backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init: efficientnet-lite0, a local file, or a Hub id.")] = None,
+    backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init of the backbone: efficientnet-lite0 (bundled), nvidia/mit-b3 or another Hub id, or a local file or folder.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps (or give --epochs).", min=1)] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.", min=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step per process.", min=1)] = 8,

@@ -6,11 +6,16 @@ Sources, tried in this order:
   timm's `tf_efficientnet_lite0`, every shape agreeing; inputs are normalised with mean = std = 0.5.
 - a local `.safetensors` file in timm's key names for the configured backbone;
 - a local `.pth`/`.pt` file: the efficientnet-lite0 file above, read with `torch.load(weights_only=True)`;
+  a file (of either kind, or `.bin`) holding SegFormer key names is read as MiT weights, below;
+- `nvidia/mit-b3` (any `nvidia/mit-*` or `nvidia/segformer-*` Hub id, `@revision` allowed), a local copy of
+  such a repository, or a weights file in SegFormer names: MiT ImageNet weights from transformers' names,
+  mapped onto a `pvt_v2` backbone by `segformer_weights.py`;
 - a Hub id (`timm/pvt_v2_b3.in1k`): timm's own pretrained mechanism, from the Hub or its cache.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import timm
@@ -19,8 +24,16 @@ from torch import nn
 
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.condition_encoder import ConditionEncoder
+from diffiml_cli.models.segformer_weights import (
+    is_segformer_state,
+    load_mit_weights,
+    pvt_v2_depths,
+    read_weights_file,
+    segformer_to_timm_pvt_v2,
+)
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
+_MIT_HUB_ID = re.compile(r"^nvidia/(mit|segformer)-[\w.-]+(@[\w./-]+)?$", re.IGNORECASE)
 
 
 def efficientnet_lite0_file() -> Path:
@@ -63,20 +76,43 @@ def _load_into_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], sou
     backbone.load_state_dict({key: state[key] for key in expected}, strict=True)
 
 
+def _load_mit(encoder: ConditionEncoder, state: dict[str, torch.Tensor], source: str) -> None:
+    """Map SegFormer-named MiT weights onto a pvt_v2 backbone; every tensor on both sides must pair up."""
+    if not encoder.config.backbone.startswith("pvt_v2"):
+        raise DiffimlError(f"{source}: MiT (SegFormer) weights fit a pvt_v2 backbone, not {encoder.config.backbone}")
+    expected = encoder.backbone.state_dict()
+    mapped = segformer_to_timm_pvt_v2(state, pvt_v2_depths(expected))
+    extra = sorted(set(mapped) - set(expected))
+    if extra:
+        raise DiffimlError(f"{source}: {extra[0]} has no place in backbone {encoder.config.backbone}; other sr_ratios?")
+    _load_into_backbone(encoder.backbone, mapped, source)
+
+
+def _load_efficientnet_lite0(encoder: ConditionEncoder, state: dict[str, torch.Tensor] | None, source: str) -> None:
+    """Load EfficientNet-Lite0 weights in lukemelas' names; `state` None reads the bundled file."""
+    if encoder.config.backbone != "tf_efficientnet_lite0":
+        raise DiffimlError(f"EfficientNet-Lite0 weights do not fit backbone {encoder.config.backbone}")
+    if state is None:
+        state = torch.load(efficientnet_lite0_file(), map_location="cpu", weights_only=True)
+    _load_into_backbone(encoder.backbone, efficientnet_lite0_to_timm(state), source)
+
+
 def load_backbone_weights(encoder: ConditionEncoder, source: str) -> None:
     """Initialise `encoder.backbone` from `source` (see the module docstring); raises DiffimlError."""
     backbone_name = encoder.config.backbone
     path = Path(source).expanduser()
-    if source == EFFICIENTNET_LITE0 or (path.suffix in (".pth", ".pt") and path.is_file()):
-        if backbone_name != "tf_efficientnet_lite0":
-            raise DiffimlError(f"EfficientNet-Lite0 weights do not fit backbone {backbone_name}")
-        weights_file = efficientnet_lite0_file() if source == EFFICIENTNET_LITE0 else path
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        _load_into_backbone(encoder.backbone, efficientnet_lite0_to_timm(state), source)
-    elif path.suffix == ".safetensors" and path.is_file():
-        from safetensors.torch import load_file
-
-        _load_into_backbone(encoder.backbone, load_file(path), source)
+    if path.is_dir() or (_MIT_HUB_ID.match(source) and not path.exists()):
+        _load_mit(encoder, load_mit_weights(source), source)
+    elif source == EFFICIENTNET_LITE0:
+        _load_efficientnet_lite0(encoder, None, source)
+    elif path.suffix in (".safetensors", ".pth", ".pt", ".bin") and path.is_file():
+        state = read_weights_file(path)
+        if is_segformer_state(state) or path.suffix == ".bin":
+            _load_mit(encoder, state, source)
+        elif path.suffix == ".safetensors":
+            _load_into_backbone(encoder.backbone, state, source)
+        else:
+            _load_efficientnet_lite0(encoder, state, source)
     elif "/" in source and not path.exists():
         try:
             pretrained = timm.create_model(
@@ -92,4 +128,6 @@ def load_backbone_weights(encoder: ConditionEncoder, source: str) -> None:
             ) from None
         _load_into_backbone(encoder.backbone, pretrained.state_dict(), source)
     else:
-        raise DiffimlError(f"--backbone-weights {source}: not a file, '{EFFICIENTNET_LITE0}', or a Hub id org/name")
+        raise DiffimlError(
+            f"--backbone-weights {source}: not a file or directory, '{EFFICIENTNET_LITE0}', or a Hub id org/name"
+        )

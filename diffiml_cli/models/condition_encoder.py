@@ -36,6 +36,10 @@ class ConditionEncoder(nn.Module):
             pretrained=pretrained,
             **dict(config.backbone_kwargs),
         )
+        if config.layer_norm_eps is not None:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = config.layer_norm_eps
         stage_channels = self.backbone.feature_info.channels()
         self.stage_projections = nn.ModuleList(nn.Conv2d(c, config.embed_channels, 1) for c in stage_channels)
         self.fuse = nn.Sequential(
