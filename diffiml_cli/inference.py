@@ -73,15 +73,19 @@ class Predictor:
         device: torch.device,
         fp16: bool = False,
         channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         if fp16 and device.type != "cuda":
             raise DiffimlError("--fp16 needs a CUDA device; on the CPU inference runs in fp32")
         self.device = device
         self.fp16 = fp16
         self.localizer = localizer.eval().to(device)
-        if channels_last:  # the conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU
-            self.localizer.to(memory_format=torch.channels_last)
+        # The conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.localizer.to(memory_format=self.memory_format)
         self.scheduler = make_scheduler(diffusion)
+        # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.
+        self.denoise = torch.compile(self.localizer.denoiser, dynamic=False) if compile else self.localizer.denoiser
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
@@ -94,11 +98,11 @@ class Predictor:
         images = images.to(self.device, non_blocking=True)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
         with self._autocast():
-            condition = self.localizer.encoder(views.contiguous(memory_format=torch.channels_last))
+            condition = self.localizer.encoder(views.contiguous(memory_format=self.memory_format))
             condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
             x_T = self._initial_noise(views.shape[0], N, condition.shape[-2:], options.seed)
-            denoiser = self.localizer.denoiser
-            z0 = ddim_sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, self.scheduler, options.steps)
+            x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
+            z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition), x_T, self.scheduler, options.steps)
             z0 = z0.float().unflatten(0, (views.shape[0], N))  # (V*B, N, 8, h, w)
             probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
             members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))

@@ -45,7 +45,7 @@ def test_cli_json_schema():
     assert data["schema_version"] == 1
     assert data["model"]["source"] == "preset:test" and data["model"]["random_init"] is True
     assert data["model"]["image_size"] == 64 and data["model"]["config"]["image_size"] == 64
-    assert data["device"]["type"] == "cpu" and data["device"]["fp16"] is False
+    assert data["device"]["type"] == "cpu" and data["device"]["fp16"] is False and data["device"]["compile"] is False
     assert isinstance(data["device"]["cpu_threads"], int) and data["device"]["cpu_threads"] >= 1
     assert isinstance(data["device"]["name"], str) and isinstance(data["device"]["torch"], str)
     assert data["sampling"] == {"steps": 2, "tta": False, "seed": 0}
@@ -133,6 +133,7 @@ def test_cli_passes_options_to_the_library(monkeypatch):
     assert received["image_size"] == 96 and received["random_init"] is True
     assert received["ensembles"] == [1, 3] and received["batch_sizes"] == [2]
     assert received["tta"] is True and received["with_vae_comparison"] is True
+    assert received["compile"] is False
     assert (received["warmup"], received["iters"], received["steps"]) == (0, 4, 8)
 
 
@@ -175,4 +176,5 @@ def test_compare_vae_result(monkeypatch):
     assert result["sd_vae"]["parameters"] > 80e6 and result["mask_vae"]["parameters"] < 1e6
     assert result["flops_ratio"] > 1000
     assert result["speedup"] == pytest.approx(result["sd_vae"]["ms"]["median"] / result["mask_vae"]["ms"]["median"])
+    assert result["speedup_min"] == pytest.approx(result["sd_vae"]["ms"]["min"] / result["mask_vae"]["ms"]["min"])
     assert benchmarking.SD_VAE_CONFIG["block_out_channels"] == (128, 256, 512, 512)

@@ -26,6 +26,8 @@ from diffiml_cli.distillation import (
     held_out_targets,
     load_teacher,
     raw_latent_std,
+    reconstruction_l1,
+    recalibrate_batch_norm,
     teacher_latent,
 )
 from diffiml_cli.errors import DiffimlError
@@ -34,7 +36,7 @@ from diffiml_cli.models.mask_vae import MaskVAE
 
 TINY_TEACHER = "test-org/tiny-vae"
 # Small and fast, but everything a real run does: training, state saves, calibration or teacher, report.
-FAST = dict(image_size=32, batch_size=4, eval_count=8, lr=3e-3)
+FAST = dict(image_size=32, batch_size=4, eval_count=8, batch_norm_samples=8, lr=3e-3)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,7 +100,7 @@ def test_cli_missing_teacher_exits_1_with_one_line(tmp_path):
     result = CliRunner().invoke(app, ["distill-vae", "--teacher", "test-org/not-there", "--steps", "1",
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "0/1" not in result.output  # no progress bar left behind
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--teacher none" in lines[0] and "test-org/not-there" in lines[0]
 
@@ -156,6 +158,32 @@ def test_resume_gives_the_same_weights_as_one_run(tiny_teacher, tmp_path):
     assert resumed.report == whole.report
 
 
+def test_one_sided_l1_ignores_overshoot_only():
+    y = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    decoded = torch.tensor([3.0, 0.5, -2.0, -4.0, -0.5, 2.0])
+    assert reconstruction_l1(decoded, y).item() == pytest.approx((0 + 0.5 + 3 + 0 + 0.5 + 3) / 6)
+    assert reconstruction_l1(decoded, y, one_sided=False).item() == pytest.approx((2 + 0.5 + 3 + 3 + 0.5 + 3) / 6)
+    decoded.requires_grad_(True)
+    reconstruction_l1(decoded, y).backward()
+    assert decoded.grad.tolist() == pytest.approx([0, -1 / 6, -1 / 6, 0, 1 / 6, 1 / 6])
+
+
+def test_batch_norm_recalibration_uses_exact_statistics():
+    vae = MaskVAE(MaskVAEConfig())
+    targets = TrainingTargets(32, seed=1, stream=TRAIN_STREAM)
+    recalibrate_batch_norm(vae, targets, count=6, batch_size=3)
+    assert not vae.training and vae.encoder[0][1].momentum == 0.1
+    features = vae.encoder[0][0](targets.batch(0, 6)).detach()
+    assert torch.allclose(vae.encoder[0][1].running_mean, features.mean((0, 2, 3)), atol=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    stats: list[StepStats] = []
+    distill_vae(DistillSettings(teacher=None, steps=12, save_every=100, bf16=True, **FAST), tmp_path, on_step=stats.append)
+    assert all(np.isfinite(s.l1) for s in stats) and np.mean([s.l1 for s in stats[-3:]]) < stats[0].l1
+    assert load_mask_vae(tmp_path).encoder[0][0].weight.dtype == torch.float32
+
+
 def test_training_targets_are_deterministic_and_mix_dataset_masks(tmp_path):
     root = tmp_path / "set"
     for sub in ("Tp", "Gt"):
@@ -194,13 +222,13 @@ def test_cli_passes_options_and_prints_report(monkeypatch, tmp_path):
     monkeypatch.setattr(distill_cli, "run_distillation", fake_run)
     result = CliRunner().invoke(app, [
         "distill-vae", "--teacher", "none", "--data", "a.json", "--data", "b", "--steps", "7", "--batch-size", "2",
-        "--image-size", "64", "--lambda-lat", "0.5", "--lr", "0.01", "--out", str(tmp_path), "--resume",
-        "--seed", "4", "--save-every", "3", "--device", "cpu",
+        "--image-size", "64", "--lambda-lat", "0.5", "--lr", "0.01", "--recon-loss", "l1", "--out", str(tmp_path), "--resume",
+        "--seed", "4", "--save-every", "3", "--device", "cpu", "--bf16",
     ])
     assert result.exit_code == 0, result.output
     assert received["settings"] == DistillSettings(
-        teacher=None, data=("a.json", "b"), steps=7, batch_size=2, image_size=64, lambda_lat=0.5, lr=0.01,
-        seed=4, save_every=3,
+        teacher=None, data=("a.json", "b"), steps=7, batch_size=2, image_size=64, lambda_lat=0.5, lr=0.01, recon_loss="l1",
+        seed=4, save_every=3, bf16=True,
     )
     assert received["resume"] is True and received["out"] == tmp_path and str(received["device"]) == "cpu"
     assert "0.9900" in result.output and "1.70000" in result.output

@@ -175,3 +175,19 @@ def test_torchrun_two_processes_on_gloo_see_disjoint_data(tmp_path, photo_folder
     for step in range(3):
         assert not set(seen[0][step]) & set(seen[1][step])
     assert (out / "final" / "model.safetensors").is_file() and (out / STATE_NAME).is_file()
+
+
+def test_train_init_continues_from_a_localizer_checkpoint(tmp_path, photo_folder, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    out = tmp_path / "init"
+    command = _train_command(photo_folder, tiny_checkpoint, out, 1, "--init", str(tiny_checkpoint), "--lr", "0")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    start, _ = load_localizer(tiny_checkpoint)
+    trained, _ = load_localizer(out / "final")
+    for a, b in zip(start.state_dict().values(), trained.state_dict().values()):
+        if a.is_floating_point() and a.dim() > 1:  # weights; BatchNorm statistics move even at lr 0
+            torch.testing.assert_close(a, b)

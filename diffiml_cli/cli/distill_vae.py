@@ -19,45 +19,56 @@ _SMOOTHING = 0.98  # exponential moving average of the losses shown on the progr
 
 def distill_vae(
     teacher: Annotated[str, typer.Option(
-        help="The SD VAE to distil from: a Hub id org/name[@revision], a local diffusers folder, or 'none' "
+        help="The SD VAE to distil from: a Hub id org/name (optionally @revision), a local diffusers folder, or 'none' "
         "to train on reconstruction alone and calibrate the latent scale (1/std).")] = DEFAULT_TEACHER,
     teacher_subfolder: Annotated[str | None, typer.Option(
         help="Folder of the VAE inside the teacher repository, e.g. 'vae' for a full pipeline.")] = None,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="A dataset (IMDL-BenCo JSON or Tp/Gt folder) whose masks are mixed in; repeatable.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 20_000,
-    batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = 16,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 9_000,
+    batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = 4,
     image_size: Annotated[int, typer.Option(help="Training mask size in pixels (a multiple of 8).", min=8)] = 256,
     lambda_lat: Annotated[float, typer.Option(help="Weight of the latent MSE to the teacher (paper Eq. 6).", min=0.0)] = 0.01,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).", min=0.0)] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).", min=0.0)] = 2e-3,
+    recon_loss: Annotated[str, typer.Option(
+        help="one-sided-l1 (overshoot beyond +-1 is free; learns boundaries faster) or l1 (the paper's).")
+    ] = "one-sided-l1",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the mask_vae checkpoint.")] = Path("runs/lightvae"),
     resume: Annotated[bool, typer.Option(help="Continue the run whose training_state.pt is in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every training mask.")] = 0,
     save_every: Annotated[int, typer.Option(help="Steps between resumable training states.", min=1)] = 500,
     device: DeviceOption = "auto",
+    bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast: about 2x faster on CPUs "
+                                       "with AVX512-BF16/AMX and on recent GPUs.")] = False,
 ) -> None:
     """Train the mask autoencoder; writes model.safetensors, config.json and report.json to --out."""
     settings = DistillSettings(
         teacher=None if teacher.lower() == "none" else teacher, teacher_subfolder=teacher_subfolder,
         data=tuple(data or ()), steps=steps, batch_size=batch_size, image_size=image_size,
-        lambda_lat=lambda_lat, lr=lr, seed=seed, save_every=save_every,
+        lambda_lat=lambda_lat, recon_loss=recon_loss, lr=lr, bf16=bf16, seed=seed, save_every=save_every,
     )
-    with Progress(
+    progress = Progress(
         TextColumn("[bold]distill-vae"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=stderr,
-    ) as progress:
-        task = progress.add_task("distill", total=steps, losses="")
-        running: dict[str, float] = {}
+    )
+    task = progress.add_task("distill", total=steps, losses="")
+    running: dict[str, float] = {}
 
-        def on_step(stats: StepStats) -> None:
-            losses = {"L1": stats.l1, "latent MSE": stats.latent_mse}
-            for name, value in losses.items():
-                if value is not None:
-                    running[name] = value if name not in running else _SMOOTHING * running[name] + (1 - _SMOOTHING) * value
-            shown = "  ".join(f"{name} {value:.4f}" for name, value in running.items())
-            progress.update(task, completed=stats.step, losses=f"{shown}  lr {stats.lr:.2e}")
+    def on_step(stats: StepStats) -> None:
+        if not progress.live.is_started:  # started here, so a teacher that fails to load leaves no bar behind
+            progress.reset(task, start=True, completed=stats.step - 1)
+            progress.start()
+        losses = {"L1": stats.l1, "latent MSE": stats.latent_mse}
+        for name, value in losses.items():
+            if value is not None:
+                running[name] = value if name not in running else _SMOOTHING * running[name] + (1 - _SMOOTHING) * value
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in running.items())
+        progress.update(task, completed=stats.step, losses=f"{shown}  lr {stats.lr:.2e}")
 
+    try:
         result = run_distillation(settings, out, resume=resume, device=resolve_device(device), on_step=on_step)
+    finally:
+        progress.stop()
     _print_report(result)
 
 

@@ -45,13 +45,14 @@ def localize(
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).", min=1)] = DEFAULT_MAX_PIXELS,
     allow_pickle: AllowPickleOption = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser (pays off on large folders).")] = False,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
     source = checkpoint or default_checkpoint()
     localizer, config = load_localizer(source, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
-    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16)
+    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16, compile=compile)
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
     options = LocalizeOptions(out_dir=out, threshold=threshold, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
     run_info = {

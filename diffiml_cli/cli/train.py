@@ -15,7 +15,7 @@ from diffiml_cli.data import AugmentConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.backbone_weights import load_backbone_weights
-from diffiml_cli.models.build import build_localizer, default_vae, load_mask_vae
+from diffiml_cli.models.build import build_localizer, default_vae, load_localizer, load_mask_vae
 from diffiml_cli.presets import get_preset
 from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, build_training_data, build_validation_data
 
@@ -26,6 +26,7 @@ def train(
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     vae: Annotated[str | None, typer.Option(help="MaskVAE checkpoint from distill-vae (default: the shipped weights/lightvae).")] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this localizer checkpoint's weights (and its config), e.g. to train the shipped model further.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init of the backbone: efficientnet-lite0 (bundled), nvidia/mit-b3 or another Hub id, or a local file or folder.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps (or give --epochs).", min=1)] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.", min=1)] = None,
@@ -48,14 +49,19 @@ def train(
 ) -> None:
     """Train DiffIML's condition encoder and denoiser on frozen MaskVAE latents (Algorithm 1)."""
     torch_device = resolve_device(device)
-    config = get_preset(preset)
-    if image_size is not None:
-        config = dataclasses.replace(config, image_size=image_size)
-    mask_vae = load_mask_vae(vae) if vae else default_vae()
-    config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
     torch.manual_seed(seed)
-    localizer = build_localizer(config)
-    localizer.vae.load_state_dict(mask_vae.state_dict())
+    if init:  # the checkpoint brings its own config and VAE
+        localizer, config = load_localizer(init)
+        if image_size is not None:
+            config = dataclasses.replace(config, image_size=image_size)
+    else:
+        config = get_preset(preset)
+        if image_size is not None:
+            config = dataclasses.replace(config, image_size=image_size)
+        mask_vae = load_mask_vae(vae) if vae else default_vae()
+        config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
+        localizer = build_localizer(config)
+        localizer.vae.load_state_dict(mask_vae.state_dict())
     if backbone_weights:
         load_backbone_weights(localizer.encoder, backbone_weights)
 
