@@ -48,10 +48,25 @@ def default_checkpoint() -> Path:
     return default_checkpoint_dir("")
 
 
+def _process_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import, before any writer thread exists
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
+def _readable_by_others(path: str | Path) -> None:
+    """mkstemp creates files 0600; give them the usual 0666-minus-umask mode before they take their name."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _readable_by_others(tmp)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -83,6 +98,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, hal
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"diffiml": json.dumps(header)})
+        _readable_by_others(tmp)
         os.replace(tmp, directory / WEIGHTS_NAME)
     finally:
         Path(tmp).unlink(missing_ok=True)
