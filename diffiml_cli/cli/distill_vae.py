@@ -25,7 +25,7 @@ def distill_vae(
         help="Folder of the VAE inside the teacher repository, e.g. 'vae' for a full pipeline.")] = None,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="A dataset (IMDL-BenCo JSON or Tp/Gt folder) whose masks are mixed in; repeatable.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 9_000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 14_000,
     batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = 4,
     image_size: Annotated[int, typer.Option(help="Training mask size in pixels (a multiple of 8).", min=8)] = 256,
     lambda_lat: Annotated[float, typer.Option(help="Weight of the latent MSE to the teacher (paper Eq. 6).", min=0.0)] = 0.01,
