@@ -116,13 +116,22 @@ def resolve_checkpoint(source: str | Path) -> Path:
         return weights
     if path.is_file():
         return path
-    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
-        return _download_from_hub(str(source))
+    if is_hub_id(str(source)):
+        return hub_download(str(source), (WEIGHTS_NAME,), what="checkpoint", local_hint="pass a local directory with --checkpoint")
     raise DiffimlError(f"checkpoint {source!s} not found: give a directory, a .safetensors file, or a Hub id org/name")
 
 
-def _download_from_hub(hub_id: str) -> Path:
-    """Fetch `model.safetensors` of `org/name[@revision]` into the huggingface_hub cache."""
+def is_hub_id(source: str) -> bool:
+    """True for `org/name` or `org/name@revision` that is not a local path."""
+    return bool(_HUB_ID.match(source)) and not source.startswith((".", "/", "~"))
+
+
+def hub_download(hub_id: str, filenames: tuple[str, ...], *, what: str, local_hint: str) -> Path:
+    """Fetch the first of `filenames` that `org/name[@revision]` has into the huggingface_hub cache.
+
+    what: how messages name the thing ("checkpoint", "MiT weights"); local_hint: what to pass instead offline.
+    Every failure is one DiffimlError line that says what to do.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -133,22 +142,26 @@ def _download_from_hub(hub_id: str) -> Path:
     )
 
     repo_id, _, revision = hub_id.partition("@")
-    try:
-        return Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision or None))
-    except LocalEntryNotFoundError:
+    offline = False
+    for filename in filenames:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+        except LocalEntryNotFoundError:  # not cached, and the Hub cannot be asked
+            offline = True
+        except EntryNotFoundError:  # the Hub says this repository lacks the file: try the next
+            pass
+        except RevisionNotFoundError:
+            raise DiffimlError(f"{what} {hub_id}: revision {revision!r} does not exist on the Hub") from None
+        except RepositoryNotFoundError:
+            raise DiffimlError(f"{what} {hub_id}: no such Hub repository (or it is private: log in with `hf auth login`)") from None
+        except (HfHubHTTPError, OSError) as error:
+            raise DiffimlError(f"{what} {hub_id}: download failed ({type(error).__name__}: {error})") from None
+    if offline:
         raise DiffimlError(
-            f"checkpoint {hub_id} is not in the local Hub cache and the Hub cannot be reached "
-            f"(offline or HF_HUB_OFFLINE=1): run `hf download {repo_id}` on a connected machine, "
-            "or pass a local directory with --checkpoint"
-        ) from None
-    except RevisionNotFoundError:
-        raise DiffimlError(f"checkpoint {hub_id}: revision {revision!r} does not exist on the Hub") from None
-    except RepositoryNotFoundError:
-        raise DiffimlError(f"checkpoint {hub_id}: no such Hub repository (or it is private: log in with `hf auth login`)") from None
-    except EntryNotFoundError:
-        raise DiffimlError(f"checkpoint {hub_id}: the repository has no {WEIGHTS_NAME}") from None
-    except (HfHubHTTPError, OSError) as error:
-        raise DiffimlError(f"checkpoint {hub_id}: download failed ({type(error).__name__}: {error})") from None
+            f"{what} {hub_id} is not in the local Hub cache and the Hub cannot be reached (offline or "
+            f"HF_HUB_OFFLINE=1): run `hf download {repo_id}` on a connected machine, or {local_hint}"
+        )
+    raise DiffimlError(f"{what} {hub_id}: the repository has no {' or '.join(filenames)}")
 
 
 def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[str, Any, dict[str, torch.Tensor]]:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from diffiml_cli.checkpoint import atomic_write_bytes
-from diffiml_cli.data.readers import Pair
+from diffiml_cli.data.readers import Pair, load_pair
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.image_io import load_mask, load_rgb, save_png_atomic
+from diffiml_cli.image_io import save_png_atomic
 from diffiml_cli.inference import Predictor, SamplingOptions, image_to_tensor
 from diffiml_cli.localization import output_paths
 from diffiml_cli.metrics import METRIC_DEFINITIONS, MetricAccumulator, resize_probability
@@ -130,14 +130,7 @@ class _Loaded:
 
 
 def _load_pair(index: int, pair: Pair, *, image_size: int, perturbation: Perturbation | None) -> _Loaded:
-    image = load_rgb(pair.image)
-    if pair.mask is None:
-        mask = np.zeros(image.shape[:2], bool)
-    else:
-        mask = load_mask(pair.mask)
-        if mask.shape != image.shape[:2]:
-            raise DiffimlError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                               f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
+    image, mask = load_pair(pair)
     if perturbation is not None:
         image = perturbation(image, index)
     return _Loaded(index, pair, image_to_tensor(image, image_size), torch.from_numpy(mask))

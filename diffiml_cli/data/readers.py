@@ -173,6 +173,19 @@ def validate_pairs(pairs: Sequence[Pair]) -> None:
         raise DiffimlError(_summarise(failures, len(pairs), "pairs are unusable"))
 
 
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair at its original resolution: image (H, W, 3) uint8 RGB, mask (H, W) bool (all False
+    for an authentic pair). A mask of another size than its image is a DiffimlError naming both."""
+    image = load_rgb(pair.image)
+    if pair.mask is None:
+        return image, np.zeros(image.shape[:2], bool)
+    mask = load_mask(pair.mask)
+    if mask.shape != image.shape[:2]:
+        raise DiffimlError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                           f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
+    return image, mask
+
+
 def training_sample(image: np.ndarray, mask: np.ndarray, index: int, *, image_size: int,
                     edge_width: int) -> dict[str, torch.Tensor | int]:
     """Resize a pair to image_size and build the model's input dict.
@@ -217,15 +230,7 @@ class PairDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        pair = self.pairs[index]
-        image = load_rgb(pair.image)
-        if pair.mask is None:
-            mask = np.zeros(image.shape[:2], bool)
-        else:
-            mask = load_mask(pair.mask)
-            if mask.shape != image.shape[:2]:
-                raise DiffimlError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                   f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
+        image, mask = load_pair(self.pairs[index])
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = augment(image, mask, rng, self.augment)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffiml_cli.checkpoint import _HUB_ID
+from diffiml_cli.checkpoint import hub_download, is_hub_id
 from diffiml_cli.errors import DiffimlError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the Hub's, in order of preference
@@ -144,41 +144,7 @@ def load_mit_weights(source: str) -> dict[str, torch.Tensor]:
         raise DiffimlError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this directory")
     if path.is_file():
         return read_weights_file(path)
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return read_weights_file(_download_mit(source))
+    if is_hub_id(source):
+        hint = f"pass a local copy (`hf download {source.partition('@')[0]} --local-dir mit`) to --backbone-weights"
+        return read_weights_file(hub_download(source, WEIGHT_FILES, what="MiT weights", local_hint=hint))
     raise DiffimlError(f"MiT weights {source}: not a file, a directory, or a Hub id org/name[@revision]")
-
-
-def _download_mit(hub_id: str) -> Path:
-    """Fetch the first of WEIGHT_FILES that `org/name[@revision]` has into the huggingface_hub cache."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo_id, _, revision = hub_id.partition("@")
-    offline = False
-    for filename in WEIGHT_FILES:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision or None))
-        except LocalEntryNotFoundError:  # not cached, and the Hub cannot be asked
-            offline = True
-        except EntryNotFoundError:  # the Hub says this repository lacks the file: try the next
-            pass
-        except RevisionNotFoundError:
-            raise DiffimlError(f"MiT weights {hub_id}: revision {revision!r} does not exist on the Hub") from None
-        except RepositoryNotFoundError:
-            raise DiffimlError(f"MiT weights {hub_id}: no such Hub repository (or it is private: `hf auth login`)") from None
-        except (HfHubHTTPError, OSError) as error:
-            raise DiffimlError(f"MiT weights {hub_id}: download failed ({type(error).__name__}: {error})") from None
-    if offline:
-        raise DiffimlError(
-            f"MiT weights {hub_id} are not in the local Hub cache and the Hub cannot be reached (offline or "
-            f"HF_HUB_OFFLINE=1): run `hf download {repo_id} --local-dir mit` on a connected machine and pass "
-            "that directory (or its weights file) to --backbone-weights"
-        )
-    raise DiffimlError(f"MiT weights {hub_id}: the repository has neither {' nor '.join(WEIGHT_FILES)}")
