@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -69,14 +70,14 @@ def train(
     val_data = build_validation_data(val, image_size=config.image_size, seed=seed) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")
+    if epochs is not None:  # the LR schedule needs the total up front; torchrun sets WORLD_SIZE
+        steps = epochs * (len(train_data) // int(os.environ.get("WORLD_SIZE", "1")) // batch_size)
     options = TrainOptions(
-        out_dir=out, steps=steps or 1, batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+        out_dir=out, steps=max(1, steps), batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
     )
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=torch_device)
-    if epochs is not None:
-        trainer.options = options = dataclasses.replace(options, steps=epochs * trainer.batches_per_epoch)
     if resume:
         trainer.resume(out / STATE_NAME)
     elif (out / STATE_NAME).exists():
