@@ -263,6 +263,8 @@ class Trainer:
         options, out_dir = self.options, self.options.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.context.is_main:
+            for stale in out_dir.glob(f".{STATE_NAME}.*.tmp"):  # left by a run killed mid-write
+                stale.unlink(missing_ok=True)
             (out_dir / "train_config.json").write_text(
                 json.dumps({"model": config_to_dict(self.config), "train": asdict(options)}, indent=2, default=str)
             )
