@@ -196,14 +196,28 @@ def _load_pickle_checkpoint(weights: Path, *, allow_pickle: bool) -> tuple[str, 
     config_path = weights.parent / CONFIG_NAME
     if not config_path.is_file():
         raise DiffimlError(f"{weights}: a pickle checkpoint needs its {CONFIG_NAME} beside it")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types here; all mean "not a safe tensor file"
-        raise DiffimlError(f"{weights}: refused by torch.load(weights_only=True) ({type(error).__name__})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DiffimlError(f"{weights}: expected a flat dict of tensors")
+    state = read_weights_file(weights)
     model_type, config = _parse_header(_read_json(config_path), weights)
     return model_type, config, state
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from a `.safetensors` file, or any other file via `torch.load(weights_only=True)`."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise DiffimlError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here; all mean "not a safe tensor file"
+        raise DiffimlError(f"{path}: refused by torch.load(weights_only=True) ({type(error).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DiffimlError(f"{path}: expected a flat dict of tensors")
+    return state
 
 
 def _read_json(path: Path) -> Any:

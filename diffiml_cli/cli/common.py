@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
+
+from diffiml_cli.checkpoint import default_checkpoint
+from diffiml_cli.config import ModelConfig
+from diffiml_cli.inference import Predictor, SamplingOptions, resolve_device
+from diffiml_cli.models.build import load_localizer
 
 stderr = Console(stderr=True)
 
@@ -30,3 +36,23 @@ AllowPickleOption = Annotated[
     bool,
     typer.Option(help="Accept a pickle (.pth/.pt/.bin) checkpoint, loaded with torch.load(weights_only=True)."),
 ]
+
+
+def load_predictor(
+    checkpoint: str | None, *, device: str, fp16: bool, allow_pickle: bool, sampling: SamplingOptions, compile: bool = False
+) -> tuple[Predictor, ModelConfig, dict[str, Any]]:
+    """Load a checkpoint (default: the shipped one) onto a device; returns the predictor, its config, and the
+    run description that `localize` and `evaluate` write beside their results."""
+    source = checkpoint or default_checkpoint()
+    localizer, config = load_localizer(source, allow_pickle=allow_pickle)
+    torch_device = resolve_device(device)
+    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16, compile=compile)
+    run_info = {
+        "checkpoint": str(source),
+        "device": str(torch_device),
+        "fp16": fp16,
+        "cpu_threads": torch.get_num_threads(),
+        "sampling": {"steps": sampling.steps, "ensemble": sampling.ensemble, "tta": sampling.tta, "seed": sampling.seed},
+        "image_size": config.image_size,
+    }
+    return predictor, config, run_info

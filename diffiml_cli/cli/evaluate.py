@@ -7,13 +7,11 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.common import (
     AllowPickleOption,
     BatchSizeOption,
@@ -25,6 +23,7 @@ from diffiml_cli.cli.common import (
     StepsOption,
     ThresholdOption,
     TtaOption,
+    load_predictor,
     stderr,
 )
 from diffiml_cli.data.readers import load_spec
@@ -39,9 +38,8 @@ from diffiml_cli.evaluation import (
     report_document,
     write_report,
 )
-from diffiml_cli.inference import Predictor, SamplingOptions, resolve_device
+from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.metrics import METRIC_DEFINITIONS
-from diffiml_cli.models.build import load_localizer
 from diffiml_cli.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS, PERTURBATION_LEVELS, parse_kinds
 
 
@@ -74,20 +72,11 @@ def evaluate(
 ) -> None:
     kinds = parse_kinds(robustness)
     datasets = _load_datasets(data, limit)
-    source = checkpoint or default_checkpoint()
-    localizer, config = load_localizer(source, allow_pickle=allow_pickle)
-    torch_device = resolve_device(device)
-    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16)
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    predictor, config, run_info = load_predictor(checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling)
     options = EvaluateOptions(threshold=threshold, batch_size=batch_size, robustness=kinds, seed=seed,
                               save_predictions_dir=out / "predictions" if save_predictions else None)
-    run_info = {
-        "checkpoint": str(source),
-        "device": str(torch_device),
-        "fp16": fp16,
-        "cpu_threads": torch.get_num_threads(),
-        "sampling": {"steps": steps, "ensemble": ensemble, "tta": tta, "seed": seed},
-        "image_size": config.image_size,
+    run_info |= {
         "batch_size": batch_size,
         "limit": limit,
         "robustness": list(kinds),

@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.common import (
     AllowPickleOption,
     BatchSizeOption,
@@ -22,12 +20,12 @@ from diffiml_cli.cli.common import (
     StepsOption,
     ThresholdOption,
     TtaOption,
+    load_predictor,
     stderr,
 )
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, list_images
-from diffiml_cli.inference import Predictor, SamplingOptions, resolve_device
+from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.localization import RESULTS_NAME, ImageResult, LocalizeOptions, localize_files
-from diffiml_cli.models.build import load_localizer
 
 
 def localize(
@@ -49,21 +47,12 @@ def localize(
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
-    source = checkpoint or default_checkpoint()
-    localizer, config = load_localizer(source, allow_pickle=allow_pickle)
-    torch_device = resolve_device(device)
-    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16, compile=compile)
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    predictor, config, run_info = load_predictor(
+        checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling, compile=compile
+    )
+    run_info["threshold"] = threshold
     options = LocalizeOptions(out_dir=out, threshold=threshold, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
-    run_info = {
-        "checkpoint": str(source),
-        "device": str(torch_device),
-        "fp16": fp16,
-        "cpu_threads": torch.get_num_threads(),
-        "sampling": {"steps": steps, "ensemble": ensemble, "tta": tta, "seed": seed},
-        "threshold": threshold,
-        "image_size": config.image_size,
-    }
 
     start = time.perf_counter()
     with Progress(

@@ -22,13 +22,13 @@ import timm
 import torch
 from torch import nn
 
+from diffiml_cli.checkpoint import read_weights_file
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.segformer_weights import (
     is_segformer_state,
     load_mit_weights,
     pvt_v2_depths,
-    read_weights_file,
     segformer_to_timm_pvt_v2,
 )
 
@@ -93,7 +93,7 @@ def _load_efficientnet_lite0(encoder: ConditionEncoder, state: dict[str, torch.T
     if encoder.config.backbone != "tf_efficientnet_lite0":
         raise DiffimlError(f"EfficientNet-Lite0 weights do not fit backbone {encoder.config.backbone}")
     if state is None:
-        state = torch.load(efficientnet_lite0_file(), map_location="cpu", weights_only=True)
+        state = read_weights_file(efficientnet_lite0_file())
     _load_into_backbone(encoder.backbone, efficientnet_lite0_to_timm(state), source)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffiml_cli.checkpoint import hub_download, is_hub_id
+from diffiml_cli.checkpoint import hub_download, is_hub_id, read_weights_file
 from diffiml_cli.errors import DiffimlError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the Hub's, in order of preference
@@ -112,25 +112,6 @@ def _stage_of(name: str) -> int:
     """The stage index in `block.{i}...`, `patch_embeddings.{i}...` or `layer_norm.{i}...`; -1 if none."""
     match = re.match(r"[a-z_]+\.(\d+)\.", name)
     return int(match[1]) if match else -1
-
-
-def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A flat state dict from a `.safetensors` file, or any other file via `torch.load(weights_only=True)`."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise DiffimlError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types here; all mean "not a safe tensor file"
-        raise DiffimlError(f"{path}: refused by torch.load(weights_only=True) ({type(error).__name__})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DiffimlError(f"{path}: expected a flat dict of tensors")
-    return state
 
 
 def load_mit_weights(source: str) -> dict[str, torch.Tensor]:
