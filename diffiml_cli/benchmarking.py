@@ -8,6 +8,7 @@ GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among th
 Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DDIM steps, `Predictor.predict`
 runs the condition encoder V times, the denoiser T * N * V times (one batch, counted per member), and the
 mask VAE decoder V * (1 + N) times (the ensemble-mean latent, plus each member for the uncertainty map).
+A discriminative checkpoint runs the encoder and its segmentation head V times, and nothing else.
 
 Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in milliseconds):
 
@@ -17,15 +18,15 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
       "device": {"type": "cpu" | "cuda", "name": str, "fp16": bool, "compile": bool, "cpu_threads": int,
                  "torch": str},
       "sampling": {"steps": int, "tta": bool, "seed": int},
-      "parameters": {"total": int, "encoder": int, "denoiser": int, "vae": int},
+      "parameters": {"total": int, "encoder": int, "head": int, "denoiser": int, "vae": int},
       "settings": [                                # one per (ensemble, batch_size), ensemble-major
         {
           "ensemble": int, "batch_size": int,
           "flops": {                               # `count_pipeline_flops`
             "image_size": int, "steps": int, "ensemble": int, "tta": bool, "views": int,
-            "calls_per_image": {"encoder": int, "denoiser": int, "vae_decode": int},
+            "calls_per_image": {"encoder": int, "head": int, "denoiser": int, "vae_decode": int},
             "flops": {PART: int}, "gflops": {PART: float}, "gmacs": {PART: float},
-          },                                       # PART: total, encoder, denoiser, denoiser_per_step, vae_decode
+          },                                       # PART: total, encoder, head, denoiser, denoiser_per_step, vae_decode
           "timing": {                              # `time_predict`
             "warmup": int, "iters": int, "timer": "cuda_events" | "perf_counter",
             "batch_ms": [float, ...],              # every timed call, in order
@@ -38,7 +39,8 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
     STATS = {"median": float, "q25": float, "q75": float, "min": float, "max": float}
 
 `denoiser_per_step` is one denoiser call for one member and one view (the paper's "per step" cost);
-`denoiser` is all T * N * V of them. `total` = encoder + denoiser + vae_decode.
+`denoiser` is all T * N * V of them. `total` = encoder + head + denoiser + vae_decode; `head` (the
+discriminative baseline's) is 0 for a diffusion model, and `denoiser` and `vae_decode` are 0 for a discriminative one.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_to_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.flops import count_flops
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.localizer import Localizer
+from diffiml_cli.models.build import AnyLocalizer
+from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 from diffiml_cli.models.mask_vae import MaskVAE
 
 SCHEMA_VERSION = 1
-FLOP_PARTS = ("total", "encoder", "denoiser", "denoiser_per_step", "vae_decode")
+FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "vae_decode")
 
 # The Stable Diffusion VAE (stabilityai/sd-vae-ft-mse) architecture: the teacher LightVAE replaces.
 SD_VAE_CONFIG: dict[str, Any] = {
@@ -79,21 +82,19 @@ SD_VAE_CONFIG: dict[str, Any] = {
 }
 
 
-def count_parameters(localizer: Localizer) -> dict[str, int]:
-    """Parameter counts of the whole localizer and of each part (buffers excluded)."""
+def count_parameters(localizer: AnyLocalizer) -> dict[str, int]:
+    """Parameter counts of the whole localizer and of each part (buffers excluded; 0 for absent parts)."""
 
-    def numel(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
+    def numel(part: str) -> int:
+        module = getattr(localizer, part, None)
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
-    return {
-        "total": numel(localizer),
-        "encoder": numel(localizer.encoder),
-        "denoiser": numel(localizer.denoiser),
-        "vae": numel(localizer.vae),
+    return {"total": sum(p.numel() for p in localizer.parameters())} | {
+        part: numel(part) for part in ("encoder", "head", "denoiser", "vae")
     }
 
 
-def count_pipeline_flops(localizer: Localizer, image_size: int, steps: int, ensemble: int, tta: bool) -> dict[str, Any]:
+def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, ensemble: int, tta: bool) -> dict[str, Any]:
     """FLOPs per image of `Predictor.predict`, in total and per part (see the module docstring).
 
     Each part is counted once at batch 1 by running the real module, then multiplied by how often
@@ -102,7 +103,6 @@ def count_pipeline_flops(localizer: Localizer, image_size: int, steps: int, ense
     """
     views = 2 if tta else 1
     device = next(localizer.parameters()).device
-    latent_size = image_size // localizer.vae.downsample_factor
     image = torch.rand(1, 3, image_size, image_size, device=device)
     outputs: dict[str, torch.Tensor] = {}
 
@@ -112,19 +112,25 @@ def count_pipeline_flops(localizer: Localizer, image_size: int, steps: int, ense
     localizer.eval()
     encoder = count_flops(run_encoder).flops
     condition = outputs["condition"]
-    x_t = torch.randn(1, localizer.denoiser.config.latent_channels, latent_size, latent_size, device=device)
-    t = torch.tensor([999], device=device)
-    denoiser_step = count_flops(lambda: localizer.denoiser(x_t, t, condition)).flops
-    vae_decode = count_flops(lambda: localizer.decode_mask(x_t)).flops
-
-    calls = {"encoder": views, "denoiser": steps * ensemble * views, "vae_decode": views * (1 + ensemble)}
+    head = denoiser_step = vae_decode = 0
+    if isinstance(localizer, DiscriminativeLocalizer):
+        head = count_flops(lambda: localizer(image)).flops - encoder  # the head plus its upsampling
+        calls = {"encoder": views, "head": views, "denoiser": 0, "vae_decode": 0}
+    else:
+        latent_size = image_size // localizer.vae.downsample_factor
+        x_t = torch.randn(1, localizer.denoiser.config.latent_channels, latent_size, latent_size, device=device)
+        t = torch.tensor([999], device=device)
+        denoiser_step = count_flops(lambda: localizer.denoiser(x_t, t, condition)).flops
+        vae_decode = count_flops(lambda: localizer.decode_mask(x_t)).flops
+        calls = {"encoder": views, "head": 0, "denoiser": steps * ensemble * views, "vae_decode": views * (1 + ensemble)}
     flops = {
         "encoder": encoder * calls["encoder"],
+        "head": head * calls["head"],
         "denoiser": denoiser_step * calls["denoiser"],
         "denoiser_per_step": denoiser_step,
         "vae_decode": vae_decode * calls["vae_decode"],
     }
-    flops["total"] = flops["encoder"] + flops["denoiser"] + flops["vae_decode"]
+    flops["total"] = flops["encoder"] + flops["head"] + flops["denoiser"] + flops["vae_decode"]
     flops = {part: flops[part] for part in FLOP_PARTS}
     return {
         "image_size": image_size,
@@ -300,7 +306,7 @@ def describe_device(device: torch.device, fp16: bool, compile: bool = False) -> 
 
 
 def run_benchmark(
-    localizer: Localizer,
+    localizer: AnyLocalizer,
     config: ModelConfig,
     *,
     source: str,

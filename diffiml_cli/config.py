@@ -14,6 +14,9 @@ from typing import Any
 from diffiml_cli.errors import DiffimlError
 
 
+MODEL_KINDS = ("diffusion", "discriminative")
+
+
 @dataclass(frozen=True)
 class MaskVAEConfig:
     """LightVAE: a fully convolutional mask autoencoder at 1/8 resolution (paper Sec. 3.2)."""
@@ -48,7 +51,7 @@ class ConditionEncoderConfig:
 class DenoiserConfig:
     """A diffusers UNet2DModel that predicts the clean latent x0 from (x_t, t, condition)."""
 
-    latent_channels: int = 8  # 4 mask + 4 edge latent channels
+    latent_channels: int = 8  # 4 mask + 4 edge latent channels; 4 = mask only (no edge supervision)
     condition_channels: int = 128
     block_out_channels: tuple[int, ...] = (128,)
     down_block_types: tuple[str, ...] = ("DownBlock2D",)
@@ -76,15 +79,28 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a localizer: its parts and the input size it was trained at."""
+    """Everything needed to rebuild a localizer: its parts and the input size it was trained at.
+
+    `kind` "diffusion" is DiffIML (encoder + denoiser + VAE). "discriminative" is the same-backbone
+    baseline of the paper's Table 5: the encoder plus a segmentation head (`models/segmentation_head.py`)
+    trained with BCE + Dice; its `vae`, `denoiser` and `diffusion` fields are not used.
+    """
 
     image_size: int = 512  # images are resized to image_size x image_size; a multiple of 32
     vae: MaskVAEConfig = field(default_factory=MaskVAEConfig)
     encoder: ConditionEncoderConfig = field(default_factory=ConditionEncoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    kind: str = "diffusion"  # or "discriminative"; checkpoints older than this field are diffusion models
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise DiffimlError(f"unknown model kind {self.kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+        if self.denoiser.latent_channels not in (self.vae.latent_channels, 2 * self.vae.latent_channels):
+            raise DiffimlError(
+                f"the denoiser's latent_channels ({self.denoiser.latent_channels}) must be the VAE's "
+                f"{self.vae.latent_channels} (mask only) or {2 * self.vae.latent_channels} (mask and edge)"
+            )
         # The backbone needs a multiple of 32; each UNet level below the first halves the 1/8 latent.
         multiple = max(32, 8 * 2 ** (len(self.denoiser.block_out_channels) - 1))
         if self.image_size % multiple:

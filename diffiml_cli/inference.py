@@ -19,6 +19,7 @@ from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import latent_to_probability
+from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class Prediction:
     """Model-resolution outputs for a batch of B images, on the CPU.
 
     probability: (B, 1, S, S) float32 in [0, 1], decoded from the ensemble-mean latent
+                 (a discriminative model: the sigmoid of its logits)
     uncertainty:  (B, 1, S, S) float32 in [0, 0.5], per-pixel std of the N members' probabilities
+                 (all 0 for a discriminative model, which makes one deterministic prediction)
     image_score:  (B,) float32 in [0, 1], the maximum of `probability` (the image-level score)
     """
 
@@ -67,7 +70,7 @@ class Predictor:
 
     def __init__(
         self,
-        localizer: Localizer,
+        localizer: Localizer | DiscriminativeLocalizer,
         diffusion: DiffusionConfig,
         *,
         device: torch.device,
@@ -83,6 +86,10 @@ class Predictor:
         # The conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.localizer.to(memory_format=self.memory_format)
+        self.discriminative = isinstance(localizer, DiscriminativeLocalizer)
+        if self.discriminative:  # sampling options are ignored: one forward pass per view
+            self.segment = torch.compile(self.localizer, dynamic=False) if compile else self.localizer
+            return
         self.scheduler = make_scheduler(diffusion)
         # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.
         self.denoise = torch.compile(self.localizer.denoiser, dynamic=False) if compile else self.localizer.denoiser
@@ -94,19 +101,15 @@ class Predictor:
     def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
         """images: (B, 3, S, S) float in [0, 1], S the model's image size -> Prediction."""
         B = images.shape[0]
-        N = options.ensemble
         images = images.to(self.device, non_blocking=True)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
+        views = views.contiguous(memory_format=self.memory_format)
         with self._autocast():
-            condition = self.localizer.encoder(views.contiguous(memory_format=self.memory_format))
-            condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
-            x_T = self._initial_noise(views.shape[0], N, condition.shape[-2:], options.seed)
-            x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
-            z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition), x_T, self.scheduler, options.steps)
-            z0 = z0.float().unflatten(0, (views.shape[0], N))  # (V*B, N, 8, h, w)
-            probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
-            members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
-        uncertainty = members.unflatten(0, (views.shape[0], N)).std(dim=1, unbiased=False)
+            if self.discriminative:  # one forward pass; no members, so no disagreement to report
+                probability = torch.sigmoid(self.segment(views).float())
+                uncertainty = torch.zeros_like(probability)
+            else:
+                probability, uncertainty = self._sample(views, options)
         if options.tta:  # flip the mirrored view back and merge by max, as the reference does
             probability = torch.maximum(probability[:B], probability[B:].flip(-1))
             uncertainty = torch.maximum(uncertainty[:B], uncertainty[B:].flip(-1))
@@ -116,6 +119,19 @@ class Predictor:
             uncertainty=uncertainty.float().cpu(),
             image_score=probability.amax(dim=(1, 2, 3)),
         )
+
+    def _sample(self, views: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """views (V*B, 3, S, S) -> (probability, uncertainty), each (V*B, 1, S, S): Algorithm 2."""
+        N = options.ensemble
+        condition = self.localizer.encoder(views)
+        condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
+        x_T = self._initial_noise(views.shape[0], N, condition.shape[-2:], options.seed)
+        x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
+        z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition), x_T, self.scheduler, options.steps)
+        z0 = z0.float().unflatten(0, (views.shape[0], N))  # (V*B, N, 8, h, w)
+        probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
+        members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
+        return probability, members.unflatten(0, (views.shape[0], N)).std(dim=1, unbiased=False)
 
     def _initial_noise(self, num_views: int, N: int, latent_size: torch.Size, seed: int) -> torch.Tensor:
         """x_T: (num_views * N, 8, h, w). Each view draws from a generator seeded with `seed` alone, so an

@@ -25,18 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
-from diffiml_cli.config import ModelConfig, config_to_dict
+from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.metrics import MetricAccumulator
-from diffiml_cli.models.localizer import Localizer
+from diffiml_cli.models.build import AnyLocalizer
+from diffiml_cli.objectives import DenoisingObjective, SegmentationObjective, diffiml_loss, segmentation_loss
 
 STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
@@ -103,31 +103,12 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class DenoisingObjective(nn.Module):
-    """The trainable forward pass, as one module so DDP can wrap it: (image, x_t, t) -> x0_pred."""
-
-    def __init__(self, localizer: Localizer) -> None:
-        super().__init__()
-        self.localizer = localizer
-
-    def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.localizer.denoiser(x_t, t, self.localizer.encoder(image))
-
-
-def diffiml_loss(x0_pred: torch.Tensor, z0: torch.Tensor, mask_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * MSE over the 4 mask-latent channels + (1 - alpha) * MSE over the 4 edge-latent channels."""
-    mask_loss = F.mse_loss(x0_pred[:, :4].float(), z0[:, :4])
-    edge_loss = F.mse_loss(x0_pred[:, 4:].float(), z0[:, 4:])
-    loss = mask_weight * mask_loss + (1.0 - mask_weight) * edge_loss
-    return loss, {"loss_mask": mask_loss.item(), "loss_edge": edge_loss.item()}
-
-
 class Trainer:
     """Owns the model, optimiser, schedule, EMA and data order for one training run."""
 
     def __init__(
         self,
-        localizer: Localizer,
+        localizer: AnyLocalizer,
         config: ModelConfig,
         options: TrainOptions,
         train_data: Dataset,
@@ -143,7 +124,10 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.context = init_distributed(device)
         self.localizer = localizer.to(device)
-        self.objective: nn.Module = DenoisingObjective(self.localizer)
+        self.discriminative = config.kind == "discriminative"
+        self.objective: nn.Module = (
+            SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
+        )
         if self.context.world_size > 1:
             self.objective = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=[self.context.local_rank] if device.type == "cuda" else None
@@ -186,7 +170,8 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue from a state written by this trainer; the config must be the same."""
         state = load_training_state(path)
-        if state["config"] != json.dumps(config_to_dict(self.config)):
+        # Compared as configs, not JSON text, so a state from before a new config field still resumes.
+        if config_from_dict(ModelConfig, json.loads(state["config"])) != self.config:
             raise DiffimlError(f"{path}: the saved run used a different model config; start a new --out")
         self.localizer.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
@@ -231,17 +216,22 @@ class Trainer:
     def train_step(self, batch: dict) -> dict[str, float]:
         """One optimisation step of Algorithm 1 on `batch`; returns the logged numbers."""
         image = batch["image"].to(self.device, non_blocking=True)
-        with torch.no_grad():
-            z0 = self.localizer.encode_targets(batch["mask"].to(self.device), batch["edge"].to(self.device))
-        B = image.shape[0]
-        t = torch.randint(0, len(self.alphas_cumprod), (B,), generator=self.generator, device=self.device)
-        x_t = add_noise_with_error_prior(
-            z0, t, self.alphas_cumprod, prior_rate=self.options.prior_rate, generator=self.generator
-        )
+        mask = batch["mask"].to(self.device)
         self.objective.train()
-        with self._autocast():
-            x0_pred = self.objective(image, x_t, t)
-        loss, parts = diffiml_loss(x0_pred, z0, self.options.mask_loss_weight)
+        if self.discriminative:  # the Table 5 baseline: predict the mask directly
+            with self._autocast():
+                logits = self.objective(image)
+            loss, parts = segmentation_loss(logits, mask)
+        else:
+            with torch.no_grad():
+                z0 = self.localizer.encode_targets(mask, batch["edge"].to(self.device))
+            t = torch.randint(0, len(self.alphas_cumprod), (image.shape[0],), generator=self.generator, device=self.device)
+            x_t = add_noise_with_error_prior(
+                z0, t, self.alphas_cumprod, prior_rate=self.options.prior_rate, generator=self.generator
+            )
+            with self._autocast():
+                x0_pred = self.objective(image, x_t, t)
+            loss, parts = diffiml_loss(x0_pred, z0, self.options.mask_loss_weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -254,7 +244,7 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), **parts, "grad_norm": float(grad_norm), "lr": self.lr_schedule.get_last_lr()[0]}
 
-    def inference_model(self) -> Localizer:
+    def inference_model(self) -> AnyLocalizer:
         """The weights to evaluate and ship: the EMA when enabled, else the live model."""
         return self.ema.module if self.ema is not None else self.localizer
 

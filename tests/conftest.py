@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="diffiml-fake-hub-")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -65,4 +66,19 @@ def image_folder(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     for name, (h, w) in {"a.png": (48, 64), "b.jpg": (70, 50), "c.png": (64, 64)}.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    """A few textured 'photos' for the synthetic manipulation generator."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (7, 7), 0)
+        for _ in range(4):
+            centre = (int(rng.integers(0, 128)), int(rng.integers(0, 96)))
+            cv2.circle(image, centre, int(rng.integers(6, 24)), [int(v) for v in rng.integers(0, 256, 3)], -1)
+        cv2.imwrite(str(folder / f"photo{index}.png"), image)
     return folder

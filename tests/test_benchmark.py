@@ -3,6 +3,7 @@ ensemble/TTA scaling, the VAE comparison, and the clear error without diffusers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -50,8 +51,8 @@ def test_cli_json_schema():
     assert isinstance(data["device"]["name"], str) and isinstance(data["device"]["torch"], str)
     assert data["sampling"] == {"steps": 2, "tta": False, "seed": 0}
     params = data["parameters"]
-    assert set(params) == {"total", "encoder", "denoiser", "vae"}
-    assert all(isinstance(v, int) and v > 0 for v in params.values())
+    assert set(params) == {"total", "encoder", "head", "denoiser", "vae"}
+    assert params["head"] == 0 and all(isinstance(v, int) and v > 0 for k, v in params.items() if k != "head")
     assert params["total"] == params["encoder"] + params["denoiser"] + params["vae"]
     assert data["vae_comparison"] is None
 
@@ -60,7 +61,8 @@ def test_cli_json_schema():
         flops = setting["flops"]
         assert flops["ensemble"] == setting["ensemble"] and flops["steps"] == 2 and flops["views"] == 1
         assert set(flops["flops"]) == set(flops["gflops"]) == set(flops["gmacs"]) == set(FLOP_PARTS)
-        assert all(isinstance(v, int) and v > 0 for v in flops["flops"].values())
+        assert flops["flops"]["head"] == 0 and flops["calls_per_image"]["head"] == 0
+        assert all(isinstance(v, int) and v > 0 for part, v in flops["flops"].items() if part != "head")
         assert flops["gflops"]["total"] == pytest.approx(flops["flops"]["total"] / 1e9)
         assert flops["gmacs"]["total"] == pytest.approx(flops["gflops"]["total"] / 2)
         timing = setting["timing"]
@@ -93,6 +95,22 @@ def test_ensemble_and_tta_scale_the_parts_as_predict_calls_them(test_localizer):
     assert all(five_tta[part] == 2 * five[part] for part in ("total", "encoder", "denoiser", "vae_decode"))
     for counts in (one, five, five_tta):
         assert counts["total"] == counts["encoder"] + counts["denoiser"] + counts["vae_decode"]
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_discriminative_flops_are_one_pass_and_equal_a_count_of_predict(tta):
+    config = dataclasses.replace(get_preset("test"), kind="discriminative")
+    localizer = build_localizer(config).eval()
+    predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
+    images = torch.rand(2, 3, 64, 64)
+    direct = count_flops(lambda: predictor.predict(images, SamplingOptions(steps=8, ensemble=5, tta=tta)))
+    formula = count_pipeline_flops(localizer, 64, steps=8, ensemble=5, tta=tta)
+    counts = formula["flops"]
+    assert direct.flops == 2 * counts["total"]
+    assert counts["denoiser"] == counts["vae_decode"] == 0 and counts["head"] > 0
+    assert counts["total"] == counts["encoder"] + counts["head"]
+    params = count_parameters(localizer)
+    assert params["denoiser"] == params["vae"] == 0 and params["total"] == params["encoder"] + params["head"]
 
 
 def test_parameters_add_up(test_localizer):

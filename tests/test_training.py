@@ -19,7 +19,8 @@ from diffiml_cli.checkpoint import load_training_state
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import get_preset
-from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, diffiml_loss, epoch_indices, warmup_cosine
+from diffiml_cli.objectives import diffiml_loss
+from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
 
 
 class _Squares(Dataset):
@@ -118,21 +119,6 @@ def test_epoch_indices_are_disjoint_across_ranks_and_cover_the_epoch():
     together = np.concatenate(shards)
     assert len(together) == 9 and len(set(together.tolist())) == 9
     assert not np.array_equal(epoch_indices(10, 4, seed=1, rank=0, world_size=3), shards[0])
-
-
-@pytest.fixture
-def photo_folder(tmp_path) -> Path:
-    """A few textured 'photos' for the synthetic manipulation generator."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(6):
-        image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (7, 7), 0)
-        for _ in range(4):
-            centre = (int(rng.integers(0, 128)), int(rng.integers(0, 96)))
-            cv2.circle(image, centre, int(rng.integers(6, 24)), [int(v) for v in rng.integers(0, 256, 3)], -1)
-        cv2.imwrite(str(folder / f"photo{index}.png"), image)
-    return folder
 
 
 def _train_command(photo_folder, tiny_checkpoint, out, steps, *extra):

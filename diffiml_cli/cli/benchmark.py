@@ -106,6 +106,9 @@ def _stats(stats: dict[str, float]) -> str:
     return f"{_g(stats['median'])} [{_g(stats['q25'])}–{_g(stats['q75'])}]"
 
 
+_PARAM_PARTS = {"encoder": "enc", "head": "head", "denoiser": "den", "vae": "vae"}
+
+
 def _render(result: dict[str, Any], console: Console) -> None:
     """A few lines of context, then a table with one row per (N, batch) setting."""
     model, dev, sampling, params = result["model"], result["device"], result["sampling"], result["parameters"]
@@ -119,19 +122,20 @@ def _render(result: dict[str, Any], console: Console) -> None:
         console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
 
     table = Table(caption="per image; a MAC is 2 FLOPs; times are median [25th–75th percentile]")
-    for column in ("N", "batch", "params M\nenc+den+vae", "GFLOPs\n(GMACs)", "encoder\nGFLOPs",
+    for column in ("N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
                    "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s"):
         table.add_column(column, justify="right")
     millions = {part: n / 1e6 for part, n in params.items()}
+    parts = " + ".join(f"{_g(millions[part])} {short}" for part, short in _PARAM_PARTS.items() if params.get(part))
     for setting in result["settings"]:
         flops, timing = setting["flops"], setting["timing"]
         gflops = flops["gflops"]
         table.add_row(
             str(setting["ensemble"]),
             str(setting["batch_size"]),
-            f"{_g(millions['total'])}\n{_g(millions['encoder'])}+{_g(millions['denoiser'])}+{_g(millions['vae'])}",
+            f"{_g(millions['total'])}\n{parts}",
             f"{_g(gflops['total'])}\n({_g(flops['gmacs']['total'])})",
-            _g(gflops["encoder"]),
+            _g(gflops["encoder"]) + (f" + {_g(gflops['head'])}" if gflops["head"] else ""),
             f"{_g(gflops['denoiser'])}\n{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}",
             _g(gflops["vae_decode"]),
             _stats(timing["ms_per_image"]),

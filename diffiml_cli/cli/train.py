@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.data import AugmentConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
@@ -26,6 +27,10 @@ def train(
     synthetic_from: Annotated[list[Path], typer.Option("--synthetic-from", help="A folder of authentic photos to manipulate on the fly. Repeatable.")] = [],  # noqa: B006
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
+    model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
+                     "(the same encoder with a BCE + Dice segmentation head: the paper's Table 5 baseline).")] = None,
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help="Edge supervision: the denoiser also generates the "
+                    "edge latent (the paper's default). --no-edge is the ablation: the mask latent alone.")] = True,
     vae: Annotated[str | None, typer.Option(help="MaskVAE checkpoint from distill-vae (default: the shipped weights/lightvae).")] = None,
     init: Annotated[str | None, typer.Option(help="Start from this localizer checkpoint's weights (and its config), e.g. to train the shipped model further.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init of the backbone: efficientnet-lite0 (bundled), nvidia/mit-b3 or another Hub id, or a local file or folder.")] = None,
@@ -53,16 +58,18 @@ def train(
     torch.manual_seed(seed)
     if init:  # the checkpoint brings its own config and VAE
         localizer, config = load_localizer(init)
+        if model is not None and model != config.kind:
+            raise DiffimlError(f"--init {init} is a {config.kind} model; it cannot continue as --model {model}")
         if image_size is not None:
             config = dataclasses.replace(config, image_size=image_size)
     else:
-        config = get_preset(preset)
-        if image_size is not None:
-            config = dataclasses.replace(config, image_size=image_size)
-        mask_vae = load_mask_vae(vae) if vae else default_vae()
-        config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
+        config = _model_config(get_preset(preset), model or "diffusion", edge=edge, image_size=image_size)
+        if config.kind == "diffusion":
+            mask_vae = load_mask_vae(vae) if vae else default_vae()
+            config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
         localizer = build_localizer(config)
-        localizer.vae.load_state_dict(mask_vae.state_dict())
+        if config.kind == "diffusion":
+            localizer.vae.load_state_dict(mask_vae.state_dict())
     if backbone_weights:
         load_backbone_weights(localizer.encoder, backbone_weights)
 
@@ -98,3 +105,13 @@ def train(
         trainer.fit(on_step)
     if show:
         stderr.print(f"done: {out / 'final'} (inference checkpoint), log {out / 'metrics.jsonl'}")
+
+
+def _model_config(config: ModelConfig, kind: str, *, edge: bool, image_size: int | None) -> ModelConfig:
+    """The preset's config with the model kind, the edge ablation and the image size applied."""
+    config = dataclasses.replace(config, kind=kind, image_size=image_size or config.image_size)
+    if not edge:
+        if kind != "diffusion":
+            raise DiffimlError("--no-edge is an ablation of the diffusion model; a discriminative one has no edge latent")
+        config = dataclasses.replace(config, denoiser=dataclasses.replace(config.denoiser, latent_channels=config.vae.latent_channels))
+    return config

@@ -11,10 +11,17 @@ from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.denoiser import Denoiser
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import MaskVAE
+from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer, SegmentationHead
+
+AnyLocalizer = Localizer | DiscriminativeLocalizer
 
 
-def build_localizer(config: ModelConfig) -> Localizer:
-    """A randomly initialised localizer for `config`; load weights with `checkpoint.load_localizer`."""
+def build_localizer(config: ModelConfig) -> AnyLocalizer:
+    """A randomly initialised localizer of `config.kind`; load weights with `load_localizer`."""
+    if config.kind == "discriminative":
+        return DiscriminativeLocalizer(
+            encoder=ConditionEncoder(config.encoder), head=SegmentationHead(config.encoder.out_channels)
+        )
     return Localizer(
         encoder=ConditionEncoder(config.encoder),
         denoiser=Denoiser(config.denoiser),
@@ -22,7 +29,7 @@ def build_localizer(config: ModelConfig) -> Localizer:
     )
 
 
-def load_localizer(source: str | Path, *, allow_pickle: bool = False) -> tuple[Localizer, ModelConfig]:
+def load_localizer(source: str | Path, *, allow_pickle: bool = False) -> tuple[AnyLocalizer, ModelConfig]:
     """Build and strictly load a localizer checkpoint (see `checkpoint.resolve_checkpoint` for sources)."""
     model_type, config, state = load_checkpoint(source, allow_pickle=allow_pickle)
     if model_type != "localizer":
@@ -36,6 +43,8 @@ def load_mask_vae(source: str | Path, *, allow_pickle: bool = False) -> MaskVAE:
     """A MaskVAE from a `mask_vae` checkpoint (from `distill-vae`) or from a localizer's `vae.*` weights."""
     model_type, config, state = load_checkpoint(source, allow_pickle=allow_pickle)
     if model_type == "localizer":
+        if config.kind != "diffusion":
+            raise DiffimlError(f"{source}: a {config.kind} localizer has no mask VAE")
         config = config.vae
         state = {key.removeprefix("vae."): value for key, value in state.items() if key.startswith("vae.")}
     vae = MaskVAE(config)

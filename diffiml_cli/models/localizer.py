@@ -31,8 +31,16 @@ class Localizer(nn.Module):
     def latent_scale(self) -> float:
         return self.vae.config.scale_factor
 
+    @property
+    def uses_edges(self) -> bool:
+        """False for the "no edge supervision" ablation: the denoiser sees the 4 mask channels only."""
+        return self.denoiser.config.latent_channels == 2 * self.vae.config.latent_channels
+
     def encode_targets(self, mask: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
-        """mask, edge: (B, 1, H, W) in {0, 1} -> z0 (B, 8, H/8, W/8), the scaled VAE latents."""
+        """mask, edge: (B, 1, H, W) in {0, 1} -> z0, the scaled VAE latents: (B, 8, H/8, W/8), or
+        (B, 4, H/8, W/8) (the mask's alone) when the denoiser is built without edge channels."""
+        if not self.uses_edges:
+            return self.vae.encode(mask * 2.0 - 1.0) * self.latent_scale
         both = torch.cat([mask, edge], dim=0) * 2.0 - 1.0  # the VAE works in {-1, 1}
         z = self.vae.encode(both) * self.latent_scale
         z_mask, z_edge = z.chunk(2, dim=0)
