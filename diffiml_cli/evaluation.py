@@ -301,14 +301,14 @@ def metric_definitions(threshold: float) -> dict[str, str]:
     return {key: text.replace("0.5", f"{threshold:g}") for key, text in METRIC_DEFINITIONS.items()}
 
 
-def _jsonable(value):
+def jsonable(value):
     """nan and infinities -> None (JSON has no NaN); nested containers are converted recursively."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     return value
 
 
@@ -339,10 +339,10 @@ def report_document(report: EvaluationReport, *, threshold: float, run_info: Map
             for kind, levels in report.robustness.items()
         },
     }
-    return _jsonable(document)
+    return jsonable(document)
 
 
-def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
+def csv_bytes(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -404,11 +404,11 @@ def write_report(report: EvaluationReport, out_dir: Path, *, threshold: float,
     written = {"json": out_dir / METRICS_JSON, "csv": out_dir / METRICS_CSV, "per_image": out_dir / PER_IMAGE_CSV}
     document = report_document(report, threshold=threshold, run_info=run_info)
     atomic_write_bytes(written["json"], (json.dumps(document, indent=2) + "\n").encode())
-    atomic_write_bytes(written["csv"], _csv_bytes(["dataset", "perturbation", "level", *METRIC_KEYS],
+    atomic_write_bytes(written["csv"], csv_bytes(["dataset", "perturbation", "level", *METRIC_KEYS],
                                                   _metrics_rows(report)))
     per_image = [(name, record) for name, r in report.datasets.items() for record in r.per_image]
     columns = list(per_image[0][1]) if per_image else []
-    atomic_write_bytes(written["per_image"], _csv_bytes(["dataset", *columns],
+    atomic_write_bytes(written["per_image"], csv_bytes(["dataset", *columns],
                                                         [[name, *record.values()] for name, record in per_image]))
     for kind, levels in report.robustness.items():
         path = out_dir / f"robustness_{kind}.png"

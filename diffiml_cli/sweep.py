@@ -1,0 +1,101 @@
+"""A sampling sweep: the same checkpoint evaluated at every (DDIM steps, ensemble N) pair, over several seeds.
+
+The analog of the paper's Table 7 (ensemble size and steps): each cell is a full clean `evaluate_datasets`
+pass per seed, and reports the mean, the sample standard deviation and the standard error over seeds of
+a few metrics per dataset. Nothing is reused between cells, so each cell costs exactly what
+`diffiml evaluate --steps S --ensemble N` costs, and its seconds per image are that run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from diffiml_cli.checkpoint import atomic_write_bytes
+from diffiml_cli.data.readers import Pair
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.evaluation import EvaluateOptions, csv_bytes, jsonable, evaluate_datasets
+from diffiml_cli.inference import Predictor, SamplingOptions
+
+SWEEP_JSON = "sweep.json"
+SWEEP_CSV = "sweep.csv"
+SWEEP_METRICS = ("pixel_f1", "oracle_f1", "authentic_pixel_fpr", "seconds_per_image")
+
+
+def summarize_over_seeds(values: Sequence[float]) -> dict[str, float | list[float]]:
+    """{"mean", "std" (sample, ddof=1; 0 for one value), "sem" (std / sqrt(n)), "values"}; nan values are dropped."""
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "sem": math.nan, "values": [float(v) for v in values]}
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return {"mean": float(np.mean(finite)), "std": std, "sem": std / math.sqrt(len(finite)),
+            "values": [float(v) for v in values]}
+
+
+def sampling_sweep(
+    datasets: Mapping[str, Sequence[Pair]],
+    predictor: Predictor,
+    *,
+    steps_values: Sequence[int],
+    ensemble_values: Sequence[int],
+    seeds: Sequence[int],
+    tta: bool,
+    options: EvaluateOptions,
+    image_size: int,
+    on_cell: Callable[[int, int, int], None] = lambda steps, ensemble, seed: None,
+    on_progress: Callable[[str, Pair, "str | None"], None] = lambda stage, pair, error: None,
+) -> dict:
+    """Evaluate every (steps, N) cell once per seed; returns the JSON-ready document described below.
+
+    {"steps": [...], "ensembles": [...], "seeds": [...], "tta": bool, "threshold": float,
+     "bad_pairs": {dataset: [reason, ...]},
+     "cells": [{"steps": int, "ensemble": int,
+                "datasets": {dataset: {metric: {"mean", "std", "sem", "values": [one per seed]}}}}, ...]}
+    Cells are steps-major. `on_cell(steps, N, seed)` is called before each pass.
+    """
+    if not steps_values or not ensemble_values or not seeds:
+        raise DiffimlError("a sweep needs at least one steps value, one ensemble size and one seed")
+    if options.robustness:
+        raise DiffimlError("a sampling sweep evaluates clean images only; run --robustness separately")
+    cells, bad_pairs = [], {}
+    for steps in steps_values:
+        for ensemble in ensemble_values:
+            per_seed = []
+            for seed in seeds:
+                on_cell(steps, ensemble, seed)
+                sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+                report = evaluate_datasets(datasets, predictor, sampling, replace(options, seed=seed),
+                                           image_size=image_size, on_progress=on_progress)
+                bad_pairs = {name: [entry.reason for entry in bad] for name, bad in report.bad_pairs.items()}
+                per_seed.append({name: r.metrics for name, r in report.datasets.items()})
+            cells.append({
+                "steps": steps,
+                "ensemble": ensemble,
+                "datasets": {
+                    name: {key: summarize_over_seeds([run[name][key] for run in per_seed]) for key in SWEEP_METRICS}
+                    for name in datasets
+                },
+            })
+    return {"steps": list(steps_values), "ensembles": list(ensemble_values), "seeds": list(seeds), "tta": tta,
+            "threshold": options.threshold, "bad_pairs": bad_pairs, "cells": cells}
+
+
+def write_sweep(document: dict, out_dir: Path) -> dict[str, Path]:
+    """Write sweep.json and sweep.csv (one row per cell and dataset: mean, std, sem of each metric)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / SWEEP_JSON, "csv": out_dir / SWEEP_CSV}
+    atomic_write_bytes(paths["json"], (json.dumps(jsonable(document), indent=2) + "\n").encode())
+    header = ["steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
+    rows = [
+        [cell["steps"], cell["ensemble"], name]
+        + [metrics[key][stat] for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
+        for cell in document["cells"]
+        for name, metrics in cell["datasets"].items()
+    ]
+    atomic_write_bytes(paths["csv"], csv_bytes(header, rows))
+    return paths
