@@ -94,6 +94,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, hal
         for name, tensor in model.state_dict().items()
     }
     directory.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # temporaries of a writer killed mid-write (SIGKILL, power loss)
+        for stale in directory.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -178,7 +181,10 @@ def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[
     except (SafetensorError, OSError, ValueError) as error:
         raise DiffimlError(f"{weights}: not a readable safetensors file ({error})") from None
     if "diffiml" in metadata:
-        header = json.loads(metadata["diffiml"])
+        try:
+            header = json.loads(metadata["diffiml"])
+        except json.JSONDecodeError as error:
+            raise DiffimlError(f"{weights}: the diffiml metadata is not valid JSON ({error.msg})") from None
     elif (weights.parent / CONFIG_NAME).is_file():
         header = _read_json(weights.parent / CONFIG_NAME)
     else:

@@ -501,6 +501,9 @@ def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool 
     if not resume and state_path.exists():
         raise DiffimlError(f"{out_dir} holds an earlier run's {STATE_NAME}: pass --resume to continue it, "
                            "or choose another --out")
+    for name in (STATE_NAME, REPORT_NAME):  # temporaries of a run killed mid-write (save_checkpoint cleans its own)
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     data_masks = load_data_masks(settings.data)
     teacher = load_teacher(settings.teacher, settings.teacher_subfolder).to(device) if settings.teacher else None
     scale_factor = teacher_scale_factor(teacher) if teacher is not None else 1.0

@@ -15,7 +15,6 @@ import re
 import struct
 import threading
 import uuid
-import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,8 +47,9 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
-# Pillow's bomb limit is a module global; it is swapped for the caller's limit only while a
-# header is parsed, under a lock so that threads with different limits do not race.
+# Pillow's bomb guard is a module global. It is switched off only while a header is parsed (under a
+# lock, so threads do not race), and `_open_image` applies the caller's limit to the size just read:
+# one check, whose message gives the width and height.
 _PIL_LIMIT_LOCK = threading.Lock()
 _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
@@ -72,16 +72,16 @@ def _open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
     if not path.exists():
         reason = "broken symbolic link" if path.is_symlink() else "no such file"
         raise DiffimlError(f"{path}: {reason}")
+    if not path.is_file():  # a FIFO would block the decoder forever
+        raise DiffimlError(f"{path}: not a regular file (a FIFO, socket or device)")
     try:
         if path.stat().st_size == 0:
             raise DiffimlError(f"{path}: empty file (0 bytes)")
         with _PIL_LIMIT_LOCK:
             saved_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels
+            Image.MAX_IMAGE_PIXELS = None
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    image = Image.open(path)
+                image = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved_limit
     except DiffimlError:
@@ -303,7 +303,9 @@ def save_png_atomic(path: str | Path, array: np.ndarray) -> None:
 
 def _is_image_file(path: Path) -> bool:
     # Hidden files are skipped: macOS "._x.jpg" resource forks and our own atomic-write temporaries.
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    # Anything else with an image suffix that is not a folder is kept, broken links and FIFOs
+    # included, so that decoding reports it instead of the file silently going missing.
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and not path.is_dir()
 
 
 def _walk_images(folder: Path) -> list[Path]:
@@ -319,9 +321,10 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand files, folders (recursive) and glob patterns into a list of image paths.
 
     A file named explicitly is kept whatever its extension or content (decoding reports it
-    later); folders and glob matches contribute only files with an IMAGE_EXTENSIONS suffix, in
-    sorted order. Duplicates are dropped, keeping the first. Raises DiffimlError for an input
-    that does not exist, a glob matching no image, or a folder holding none.
+    later); folders and glob matches contribute only non-hidden entries with an IMAGE_EXTENSIONS
+    suffix (broken links and special files included, so they are reported), in sorted order.
+    Duplicates are dropped, keeping the first. Raises DiffimlError for an input that does not
+    exist, a glob matching no image, or a folder holding none.
     """
     listed: list[Path] = []
     for item in inputs:

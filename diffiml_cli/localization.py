@@ -3,13 +3,14 @@
 Image decoding and resizing run in a thread pool ahead of the model, and PNG encoding runs in another
 behind it, so file I/O stays off the compute path. A file that cannot be read is reported and skipped;
 every output is written to a temporary name and renamed, so an interrupted run leaves no truncated PNG
-and a re-run skips the images already finished.
+and a re-run skips the images already finished (and removes the temporaries the interrupted run left).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from diffiml_cli.inference import Prediction, Predictor, SamplingOptions, image_
 
 OUTPUT_KINDS = ("mask", "prob", "overlay", "uncertainty")
 RESULTS_NAME = "results.json"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.png)\.[0-9a-f]{8}\.tmp$")  # save_png_atomic's temporary names
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,16 @@ def _load(path: Path, size: int, max_pixels: int) -> _Loaded:
     return _Loaded(path, image, image_to_tensor(image, size), time.perf_counter() - start)
 
 
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the output folder (and its parents); a DiffimlError when it cannot be one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiffimlError(f"{out_dir}: the output folder exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DiffimlError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from None
+
+
 def localize_files(
     images: Sequence[Path],
     predictor: Predictor,
@@ -124,23 +136,14 @@ def localize_files(
 ) -> list[ImageResult]:
     """Localize every image in `images`, writing outputs and `results.json` under `options.out_dir`.
 
-    Never raises for a single bad file: it becomes a "failed" result. Returns one result per input.
+    Never raises for a single bad file: it becomes a "failed" result, as does an input whose outputs would
+    replace an input or another image's outputs (see `_plan`). Raises DiffimlError only when `out_dir`
+    cannot be created. Returns one result per input.
     """
     out_dir = options.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    root = _input_root(images)
-    inputs = {p.resolve() for p in images}
-    results: dict[Path, ImageResult] = {}
-    todo: list[tuple[Path, dict[str, Path]]] = []
-    for path in images:
-        paths = output_paths(path, root, out_dir)
-        clobbers = [str(p) for p in paths.values() if p.resolve() in inputs]
-        if clobbers:
-            results[path] = ImageResult(str(path), "failed", error=f"refusing to overwrite input {clobbers[0]}")
-        elif not options.overwrite and all(p.exists() for p in paths.values()):
-            results[path] = ImageResult(str(path), "skipped", outputs={k: str(v) for k, v in paths.items()})
-        else:
-            todo.append((path, paths))
+    prepare_out_dir(out_dir)
+    results, todo = _plan(images, out_dir, overwrite=options.overwrite)
+    _remove_stale_temporaries([path for _, paths in todo for path in paths.values()])
     for result in results.values():
         on_result(result)
 
@@ -162,6 +165,60 @@ def localize_files(
     ordered = [results[path] for path in images]
     _write_results_json(out_dir / RESULTS_NAME, ordered, run_info or {})
     return ordered
+
+
+def _plan(images: Sequence[Path], out_dir: Path, *, overwrite: bool
+          ) -> tuple[dict[Path, ImageResult], list[tuple[Path, dict[str, Path]]]]:
+    """Decide per image: write it (the returned to-do list), skip it (its outputs exist), or fail it
+    (its outputs would replace an input, another input's outputs, or an earlier run's outputs of
+    another image: each name is `<stem>_<kind>.png`, so a.jpg and a.png collide)."""
+    root = _input_root(images)
+    inputs = {p.resolve() for p in images}
+    earlier = {_mask_output(entry): os.path.realpath(image) for image, entry in _read_results(out_dir / RESULTS_NAME).items()
+               if _mask_output(entry) and entry.get("status") in ("ok", "skipped")}
+    results: dict[Path, ImageResult] = {}
+    todo: list[tuple[Path, dict[str, Path]]] = []
+    owners: dict[Path, Path] = {}  # output -> the first input of this run that writes it
+    for path in images:
+        paths = output_paths(path, root, out_dir)
+        clobbers = [str(p) for p in paths.values() if p.resolve() in inputs]
+        owner = next((owners[p] for p in paths.values() if p in owners), None)
+        for output in paths.values():
+            owners.setdefault(output, path)
+        earlier_owner = earlier.get(os.path.realpath(paths["mask"]), os.path.realpath(path))
+        names = f"({paths['mask'].name}, ...)"
+        if clobbers:
+            failure = f"refusing to overwrite input {clobbers[0]}"
+        elif owner is not None:
+            failure = (f"its outputs {names} would overwrite those of {owner}; "
+                       "rename one of them or localize it with another --out")
+        elif overwrite or not all(p.exists() for p in paths.values()):
+            todo.append((path, paths))
+            continue
+        elif earlier_owner != os.path.realpath(path):
+            failure = (f"{paths['mask'].parent} already holds the outputs {names} of another image, {earlier_owner}; "
+                       "use another --out, or --overwrite to replace them")
+        else:
+            results[path] = ImageResult(str(path), "skipped", outputs={k: str(v) for k, v in paths.items()})
+            continue
+        results[path] = ImageResult(str(path), "failed", error=f"{path}: {failure}")
+    return results, todo
+
+
+def _remove_stale_temporaries(outputs: Sequence[Path]) -> None:
+    """Delete the temporaries a run killed mid-write left beside outputs this run is about to write."""
+    names_by_folder: dict[Path, set[str]] = {}
+    for path in outputs:
+        names_by_folder.setdefault(path.parent, set()).add(path.name)
+    for folder, names in names_by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # not created yet: nothing stale in it
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if match and match["name"] in names:
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def _batches(todo, batch_size, loader, image_size, max_pixels, results, on_result) -> Iterator[list]:
@@ -198,6 +255,7 @@ def _finish(item: _Loaded, paths, prediction: Prediction, index: int, threshold:
     start = time.perf_counter()
     height, width = item.image.shape[:2]
     try:
+        paths["mask"].parent.mkdir(parents=True, exist_ok=True)  # sub-folders mirror the input's
         probability = np.clip(to_original_size(prediction.probability[index], height, width), 0.0, 1.0)
         uncertainty = to_original_size(prediction.uncertainty[index], height, width)
         result.manipulated_fraction = _write_outputs(item.image, probability, uncertainty, paths, threshold)
@@ -206,14 +264,30 @@ def _finish(item: _Loaded, paths, prediction: Prediction, index: int, threshold:
     result.timings["write_s"] = round(time.perf_counter() - start, 4)
 
 
+def _read_results(path: Path) -> dict[str, dict]:
+    """The entries of an earlier run's `results.json` by image; empty when absent or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        entries = {entry["image"]: entry for entry in json.loads(path.read_text()).get("images", [])}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}  # an unreadable old file is replaced, not trusted
+    return {image: entry for image, entry in entries.items() if isinstance(image, str) and isinstance(entry, dict)}
+
+
+def _mask_output(entry: dict) -> str | None:
+    """The real path of the mask a results.json entry lists, or None."""
+    outputs = entry.get("outputs")
+    mask = outputs.get("mask") if isinstance(outputs, dict) else None
+    return os.path.realpath(mask) if isinstance(mask, str) and mask else None
+
+
 def _write_results_json(path: Path, results: list[ImageResult], run_info: dict) -> None:
-    """Merge this run's results into `results.json`, keeping entries of earlier runs for other images."""
-    previous: dict[str, dict] = {}
-    if path.is_file():
-        try:
-            previous = {entry["image"]: entry for entry in json.loads(path.read_text()).get("images", [])}
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            previous = {}  # an unreadable old file is replaced, not trusted
+    """Merge this run's results into `results.json`, keeping entries of earlier runs for other images
+    unless this run replaced their outputs (--overwrite)."""
+    previous = _read_results(path)
+    written = {os.path.realpath(r.outputs["mask"]) for r in results if r.status == "ok"}
+    previous = {image: entry for image, entry in previous.items() if _mask_output(entry) not in written}
     for result in results:
         if result.status == "skipped" and result.image in previous:
             continue  # keep the numbers of the run that produced those outputs

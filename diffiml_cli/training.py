@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -29,7 +28,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
+from diffiml_cli.checkpoint import atomic_write_bytes, load_training_state, save_checkpoint, save_training_state
 from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
 from diffiml_cli.errors import DiffimlError
@@ -255,9 +254,9 @@ class Trainer:
         if self.context.is_main:
             for stale in out_dir.glob(f".{STATE_NAME}.*.tmp"):  # left by a run killed mid-write
                 stale.unlink(missing_ok=True)
-            (out_dir / "train_config.json").write_text(
-                json.dumps({"model": config_to_dict(self.config), "train": asdict(options)}, indent=2, default=str)
-            )
+            document = {"model": config_to_dict(self.config), "train": asdict(options)}
+            atomic_write_bytes(out_dir / "train_config.json", json.dumps(document, indent=2, default=str).encode())
+        self._trim_logs()
         record: dict = {}
         started, steps_at_start = time.perf_counter(), self.step
         # Which items each rank trained on, one line per step: an audit trail for data order and sharding.
@@ -281,6 +280,18 @@ class Trainer:
             save_checkpoint(out_dir / "final", self.inference_model(), self.config)
         return record
 
+    def _trim_logs(self) -> None:
+        """Drop log lines of steps after the state being resumed (a killed run logged steps it never saved),
+        so that after a resume each step appears once in metrics.jsonl and in the data-indices logs."""
+        log = self.options.out_dir / LOG_NAME
+        if self.context.is_main and log.exists():
+            kept = [line for line in log.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            atomic_write_bytes(log, "".join(kept).encode())
+        indices = self.options.out_dir / f"data-indices-rank{self.context.rank}.txt"  # one line per step
+        if indices.exists():
+            atomic_write_bytes(indices, "".join(indices.read_text().splitlines(keepends=True)[: self.step]).encode())
+
     def _log(self, record: dict) -> None:
         if self.context.is_main:
             with (self.options.out_dir / LOG_NAME).open("a") as log:
@@ -289,14 +300,10 @@ class Trainer:
     def _save_inference_checkpoints(self, f1: float) -> None:
         if not self.context.is_main:
             return
-        latest = save_checkpoint(self.options.out_dir / "latest", self.inference_model(), self.config)
+        save_checkpoint(self.options.out_dir / "latest", self.inference_model(), self.config)
         if f1 > self.best_f1:
             self.best_f1 = f1
-            best = self.options.out_dir / "best"
-            best.mkdir(exist_ok=True)
-            for name in ("model.safetensors", "config.json"):
-                shutil.copyfile(latest / name, best / f".{name}.tmp")
-                os.replace(best / f".{name}.tmp", best / name)
+            save_checkpoint(self.options.out_dir / "best", self.inference_model(), self.config)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from diffiml_cli.data import (AugmentConfig, MixedDataset, Pair, PairDataset, load_spec, parse_weighted_specs,
@@ -112,7 +114,7 @@ def test_tp_without_mask_named(folder_dataset):
     ({"Tp/img2.png": "Gt/img2.png"}, "top level is a JSON dict"),
     ([["Tp/img2.png"]], "entry 0 is"),
     ([["Tp/img2.png", None]], "entry 0 is"),
-    ([["Au/real.jpg", "negative"]], 'use "Negative" for authentic images'),
+    ([["Au/real.jpg", "Negativ"]], 'use "Negative" for authentic images'),
     ([["Tp/img2.png", "Gt/missing.png"]], 'mask "Gt/missing.png" is not a file'),
     ([], "dataset is empty"),
 ])
@@ -234,3 +236,58 @@ def test_naive_augment_manipulations_extend_the_mask(manipulation):
         assert np.array_equal(new_image[~new_mask], image[~new_mask])  # changes only inside the mask
         grown += int(new_mask.sum() > mask.sum())
     assert grown >= 5
+
+
+# Property tests of the IMDL-BenCo JSON reader.
+
+_NAMES = st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=16).filter(
+    lambda name: name not in (".", "..") and name.strip().casefold() != "negative")
+_NEGATIVES = st.sampled_from(["Negative", "negative", "NEGATIVE", " Negative", "nEgAtIvE"])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(entries=st.lists(st.tuples(_NAMES, st.none() | _NAMES, _NEGATIVES), min_size=1, max_size=6),
+       ensure_ascii=st.booleans())
+def test_json_manifest_round_trip(entries, ensure_ascii, tmp_path_factory):
+    """Any file names (unicode, spaces, backslashes) and any spelling of Negative read back exactly."""
+    root = tmp_path_factory.mktemp("manifest")
+    document, expected = [], []
+    for image, mask, negative in entries:
+        if mask is None:
+            document.append([f"img/{image}", negative])
+            expected.append(Pair(root / "img" / image, None))
+        else:
+            (root / "gt").mkdir(exist_ok=True)
+            (root / "gt" / mask).write_bytes(b"")  # load_spec checks that masks exist; contents come later
+            document.append([f"img/{image}", f"gt/{mask}"])
+            expected.append(Pair(root / "img" / image, root / "gt" / mask))
+    spec = root / "set.json"
+    spec.write_text(json.dumps(document, ensure_ascii=ensure_ascii), encoding="utf-8")
+    assert load_spec(spec) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_JSON | st.lists(st.lists(st.text(max_size=6) | st.none() | st.integers(), max_size=3), max_size=4))
+def test_junk_json_raises_only_diffiml_error(document, tmp_path_factory):
+    spec = tmp_path_factory.mktemp("junk") / "set.json"
+    spec.write_text(json.dumps(document))
+    try:
+        pairs = load_spec(spec)
+    except DiffimlError as error:
+        assert str(error).startswith(str(spec)) and "\n" not in str(error)
+        return
+    assert pairs and all(isinstance(pair, Pair) and (pair.mask is None or pair.mask.is_file()) for pair in pairs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_junk_bytes_raise_only_diffiml_error(data, tmp_path_factory):
+    spec = tmp_path_factory.mktemp("bytes") / "set.json"
+    spec.write_bytes(data)
+    try:
+        load_spec(spec)
+    except DiffimlError as error:
+        assert str(spec) in str(error)

@@ -86,3 +86,19 @@ def test_edges_lie_inside_dilated_boundary(mask, width):
     boundary = _boundary(mask)
     assert not (edges & ~_grow(boundary, 1 + width // 2)).any()
     assert edges.any() == boundary.any()
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([16, 33, 64]), width=st.integers(1, 9))
+def test_random_masks_and_their_edges_are_binary(seed, size, width):
+    """Training targets are binary and deterministic in the seed; their edges lie on the boundary band,
+    the same for a mask and its complement."""
+    from diffiml_cli.data.masks import random_mask
+
+    mask = random_mask(np.random.default_rng(seed), size)
+    assert mask.dtype == np.bool_ and mask.shape == (size, size)
+    assert np.array_equal(mask, random_mask(np.random.default_rng(seed), size))
+    edges = mask_edges(mask, width)
+    assert edges.dtype == np.bool_ and edges.shape == mask.shape
+    assert not (edges & ~_grow(_boundary(mask), 1 + width // 2)).any()
+    assert np.array_equal(edges, mask_edges(~mask, width))

@@ -268,3 +268,39 @@ def test_oracle_f1_at_least_f1_at_half(pairs):
     assert summary["oracle_f1"] >= summary["pixel_f1"] - 1e-12
     assert summary["oracle_f1"] >= summary["trivial_f1"] - 1e-12
     assert 0.0 <= summary["pixel_iou"] <= summary["pixel_f1"] <= 1.0
+
+
+@SETTINGS
+@given(prob_and_target())
+def test_perfect_prediction_scores_one_and_its_complement_zero(pair):
+    _, target = pair
+    if not target.any():
+        assert math.isnan(pixel_f1(target, target)) and false_positive_rate(target, target) == 0.0
+        return
+    assert pixel_f1(target, target) == 1.0 and pixel_iou(target, target) == 1.0
+    assert pixel_f1(~target, target) == 0.0 and pixel_iou(~target, target) == 0.0
+
+
+@SETTINGS
+@given(prob_and_target(), st.integers(0, 2**31 - 1))
+def test_f1_ignores_where_the_pixels_are(pair, seed):
+    """F1 counts pixels: the same permutation of prediction and target does not change it."""
+    prob, target = pair
+    order = torch.randperm(target.numel(), generator=torch.Generator().manual_seed(seed))
+    pred = binarize(prob)
+    shuffled = pixel_f1(pred.flatten()[order].reshape(pred.shape), target.flatten()[order].reshape(target.shape))
+    original = pixel_f1(pred, target)
+    assert (math.isnan(original) and math.isnan(shuffled)) or shuffled == pytest.approx(original)
+
+
+@SETTINGS
+@given(st.lists(prob_and_target(), min_size=1, max_size=4))
+def test_accumulator_of_perfect_predictions(pairs):
+    acc = MetricAccumulator()
+    for _, target in pairs:
+        acc.add(target.float(), target, image_score=float(target.any()))
+    summary = acc.summary()
+    if summary["n_tampered"]:
+        assert summary["pixel_f1"] == 1.0 and summary["oracle_f1"] == 1.0
+    if summary["n_authentic"]:
+        assert summary["authentic_pixel_fpr"] == 0.0

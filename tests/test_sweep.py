@@ -77,3 +77,26 @@ def test_a_sweep_refuses_empty_grids_and_robustness(tiny_checkpoint, dataset):
     with pytest.raises(DiffimlError, match="clean images only"):
         sampling_sweep(dataset, predictor, steps_values=[1], ensemble_values=[1], seeds=[0], tta=False,
                        options=EvaluateOptions(robustness=("jpeg",)), image_size=64)
+
+
+def test_evaluate_cli_sweeps_and_rejects_bad_grids(tiny_checkpoint, tmp_path, dataset):
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    runner = CliRunner()
+    data = str(tmp_path / "set")
+    base = ["evaluate", "-c", str(tiny_checkpoint), "-d", data, "--out", str(tmp_path / "sweep")]
+    result = runner.invoke(app, [*base, "--sweep-steps", "1,2", "--ensemble", "2", "--seeds", "0,3"])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(c["steps"], c["ensemble"]) for c in document["cells"]] == [(1, 2), (2, 2)]
+    assert document["seeds"] == [0, 3] and len(document["cells"][0]["datasets"]["set"]["pixel_f1"]["values"]) == 2
+    assert "pixel_f1: mean ± std over seeds 0, 3" in result.output
+
+    result = runner.invoke(app, [*base, "--sweep-steps", "1,x"])
+    assert result.exit_code == 2 and "--sweep-steps" in result.output
+    result = runner.invoke(app, [*base, "--seeds", "-1"])
+    assert result.exit_code == 2 and "--seeds" in result.output
+    result = runner.invoke(app, [*base, "--sweep-ensemble", "1,3", "--robustness", "jpeg"])
+    assert result.exit_code == 1 and "cannot be combined" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,28 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     assert lines("straight") == lines("resumed")  # the same data order, step for step
     final, _ = load_localizer(tmp_path / "resumed" / "final")
     torch.testing.assert_close(next(final.parameters()), next(resumed.localizer.parameters()))
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path):
+    straight = _trainer(tmp_path / "straight", steps=6)
+    straight.fit()
+
+    class Killed(Exception):
+        pass
+
+    def die_at_5(step, record):  # the state was last saved at step 3: steps 4 and 5 are replayed
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _trainer(tmp_path / "run", steps=6, save_every=3).fit(die_at_5)
+    resumed = _trainer(tmp_path / "run", steps=6)
+    resumed.resume(tmp_path / "run" / STATE_NAME)
+    resumed.fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    lines = lambda run: (tmp_path / run / "data-indices-rank0.txt").read_text().splitlines()  # noqa: E731
+    assert lines("run") == lines("straight") and len(lines("run")) == 6
 
 
 def test_epoch_indices_are_disjoint_across_ranks_and_cover_the_epoch():

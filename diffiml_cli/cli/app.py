@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import typer
 
@@ -15,12 +16,18 @@ from diffiml_cli.errors import DiffimlError
 
 
 def _reporting_errors(command):
-    """Wrap a command so a DiffimlError becomes one line on stderr and exit code 1."""
+    """Wrap a command so a DiffimlError becomes one line on stderr and exit code 1.
+
+    Pillow's warnings about damaged metadata ("Corrupt EXIF data", ...) are silenced: the readers already
+    ignore such metadata, and stderr is kept for one line per problem.
+    """
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+                return command(*args, **kwargs)
         except DiffimlError as error:
             if os.environ.get("DIFFIML_DEBUG") == "1":
                 raise

@@ -13,22 +13,20 @@ from rich.table import Table
 
 from diffiml_cli.benchmarking import run_benchmark
 from diffiml_cli.checkpoint import default_checkpoint
-from diffiml_cli.cli.common import AllowPickleOption, CheckpointOption, DeviceOption, Fp16Option, StepsOption, TtaOption, stderr
+from diffiml_cli.cli.common import (
+    AllowPickleOption,
+    CheckpointOption,
+    DeviceOption,
+    Fp16Option,
+    StepsOption,
+    TtaOption,
+    parse_int_list,
+    stderr,
+)
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import PRESETS, get_preset
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    """'1,5' -> [1, 5]; every item a positive integer."""
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        values = []
-    if not values or any(value < 1 for value in values):
-        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}", param_hint=option)
-    return values
 
 
 def benchmark(
@@ -59,8 +57,8 @@ def benchmark(
     allow_pickle: AllowPickleOption = False,
 ) -> None:
     """Measure parameters, GFLOPs per image and images/s of `Predictor.predict` for each (N, batch) setting."""
-    ensembles = _int_list(ensemble, "--ensemble")
-    batch_sizes = _int_list(batch_size, "--batch-size")
+    ensembles = parse_int_list(ensemble, "--ensemble")
+    batch_sizes = parse_int_list(batch_size, "--batch-size")
     if checkpoint and preset:
         raise DiffimlError("pass --checkpoint or --preset, not both")
     if preset:

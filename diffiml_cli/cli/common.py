@@ -38,6 +38,17 @@ AllowPickleOption = Annotated[
 ]
 
 
+def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
+    """'1,5' -> [1, 5]; every item an integer >= minimum, else a usage error (exit 2) naming the option."""
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or any(value < minimum for value in values):
+        raise typer.BadParameter(f"expected comma-separated integers >= {minimum}, got {text!r}", param_hint=option)
+    return values
+
+
 def load_predictor(
     checkpoint: str | None, *, device: str, fp16: bool, allow_pickle: bool, sampling: SamplingOptions, compile: bool = False
 ) -> tuple[Predictor, ModelConfig, dict[str, Any]]:

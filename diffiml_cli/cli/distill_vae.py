@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -84,4 +85,4 @@ def _print_report(result: DistillResult) -> None:
                       f"{number(row.empty_fpr)} ({row.empty_count})")
     stderr.print(table)
     stderr.print(f"latent scale factor {report.scale_factor:.5f} (scaled latent std {report.latent_std:.3f}); "
-                 f"{result.steps} steps in {result.seconds:.0f}s -> {result.out_dir}")
+                 f"{result.steps} steps in {result.seconds:.0f}s -> {escape(str(result.out_dir))}", soft_wrap=True)

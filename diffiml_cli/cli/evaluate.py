@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,6 +26,7 @@ from diffiml_cli.cli.common import (
     ThresholdOption,
     TtaOption,
     load_predictor,
+    parse_int_list,
     stderr,
 )
 from diffiml_cli.data.readers import load_spec
@@ -36,9 +39,11 @@ from diffiml_cli.evaluation import (
     evaluate_datasets,
     parse_dataset_arg,
     report_document,
+    jsonable,
     write_report,
 )
 from diffiml_cli.inference import SamplingOptions
+from diffiml_cli.sweep import SWEEP_METRICS, sampling_sweep, write_sweep
 from diffiml_cli.metrics import METRIC_DEFINITIONS
 from diffiml_cli.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS, PERTURBATION_LEVELS, parse_kinds
 
@@ -68,9 +73,21 @@ def evaluate(
                                                    "each of the paper's levels.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N pairs of each dataset, in the spec's order "
                                               "(a folder lists Tp/ before Au/); for a quick look.", min=1)] = None,
+    sweep_steps: Annotated[str | None, typer.Option(help="Comma-separated DDIM steps to sweep: evaluate every "
+                                                    "(steps, N) pair once per --seeds seed; writes sweep.json and sweep.csv.")] = None,
+    sweep_ensemble: Annotated[str | None, typer.Option(help="Comma-separated ensemble sizes N to sweep.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated sampling seeds of a sweep (default: --seed).")] = None,
     allow_pickle: AllowPickleOption = False,
 ) -> None:
     kinds = parse_kinds(robustness)
+    if sweep_steps or sweep_ensemble or seeds:
+        if kinds:
+            raise DiffimlError("--robustness cannot be combined with a sampling sweep; run them separately")
+        sweep = SweepGrid(
+            steps=parse_int_list(sweep_steps, "--sweep-steps") if sweep_steps else [steps],
+            ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [ensemble],
+            seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [seed],
+        )
     datasets = _load_datasets(data, limit)
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
     predictor, config, run_info = load_predictor(checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling)
@@ -83,6 +100,10 @@ def evaluate(
         "data": {name: spec for name, (spec, _) in datasets.items()},
     }
 
+    if sweep_steps or sweep_ensemble or seeds:
+        _run_sweep(sweep, {name: pairs for name, (_, pairs) in datasets.items()}, predictor, options, tta=tta,
+                   image_size=config.image_size, out=out, json_output=json_output)
+        return
     passes = 1 + sum(len(PERTURBATION_LEVELS[kind]) for kind in kinds)
     with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[stage]}"), console=stderr) as progress:
@@ -90,7 +111,7 @@ def evaluate(
 
         def on_progress(stage: str, pair, error: str | None) -> None:
             if error is not None:  # a skipped pair is also left out of every robustness pass
-                progress.console.print(f"[red]skipped[/red] {error}")
+                progress.console.print(f"[red]skipped[/red] {escape(error)}", soft_wrap=True)
             progress.update(task, advance=1 if error is None else passes, stage=stage)
 
         report = evaluate_datasets({name: pairs for name, (_, pairs) in datasets.items()}, predictor, sampling,
@@ -101,12 +122,56 @@ def evaluate(
         typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2))
     else:
         _print_tables(report, threshold)
-    stderr.print(f"wrote {', '.join(str(p) for p in written.values())}")
+    stderr.print(f"wrote {escape(', '.join(str(p) for p in written.values()))}", soft_wrap=True)
     if report.bad_pairs:
         stderr.print("[red]skipped pairs:[/red]")
         for name, bad in report.bad_pairs.items():
             for entry in bad:
-                stderr.print(f"  {name}: {entry.reason}")
+                stderr.print(f"  {escape(name)}: {escape(entry.reason)}", soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    steps: list[int]
+    ensembles: list[int]
+    seeds: list[int]
+
+
+def _run_sweep(grid: SweepGrid, datasets: dict, predictor, options: EvaluateOptions, *, tta: bool, image_size: int,
+               out: Path, json_output: bool) -> None:
+    """Evaluate every cell of `grid`, write sweep.json/csv, print one table per metric; exit 1 on skipped pairs."""
+    cells = len(grid.steps) * len(grid.ensembles) * len(grid.seeds)
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[stage]}"), console=stderr) as progress:
+        task = progress.add_task("sweep", total=cells * sum(len(pairs) for pairs in datasets.values()), stage="")
+        document = sampling_sweep(
+            datasets, predictor, steps_values=grid.steps, ensemble_values=grid.ensembles, seeds=grid.seeds, tta=tta,
+            options=options, image_size=image_size,
+            on_cell=lambda s, n, seed: progress.update(task, stage=f"steps {s}, N {n}, seed {seed}"),
+            on_progress=lambda stage, pair, error: progress.update(task, advance=1),
+        )
+    written = write_sweep(document, out)
+    if json_output:
+        typer.echo(json.dumps(jsonable(document), indent=2))
+    else:
+        console = Console(width=max(Console().width, 120))
+        for key in SWEEP_METRICS:
+            console.print(f"{key}: mean ± std over seeds {', '.join(map(str, grid.seeds))}", soft_wrap=True)
+            table = Table()
+            for column in ("steps", "N", *datasets):
+                table.add_column(column, justify="right")
+            for cell in document["cells"]:
+                values = [cell["datasets"][name][key] for name in datasets]
+                table.add_row(str(cell["steps"]), str(cell["ensemble"]),
+                              *(f"{_number(v['mean'])} ± {_number(v['std'])}" for v in values))
+            console.print(table)
+    stderr.print(f"wrote {escape(', '.join(str(p) for p in written.values()))}", soft_wrap=True)
+    if document["bad_pairs"]:
+        stderr.print("[red]skipped pairs:[/red]")
+        for name, reasons in document["bad_pairs"].items():
+            for reason in reasons:
+                stderr.print(f"  {escape(name)}: {escape(reason)}", soft_wrap=True)
         raise typer.Exit(code=1)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffiml_cli.cli.common import (
@@ -25,7 +26,7 @@ from diffiml_cli.cli.common import (
 )
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, list_images
 from diffiml_cli.inference import SamplingOptions
-from diffiml_cli.localization import RESULTS_NAME, ImageResult, LocalizeOptions, localize_files
+from diffiml_cli.localization import RESULTS_NAME, ImageResult, LocalizeOptions, localize_files, prepare_out_dir
 
 
 def localize(
@@ -47,6 +48,7 @@ def localize(
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
+    prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
     predictor, config, run_info = load_predictor(
         checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling, compile=compile
@@ -63,7 +65,7 @@ def localize(
 
         def on_result(result: ImageResult) -> None:
             if result.status == "failed":
-                progress.console.print(f"[red]failed[/red] {result.error}")
+                progress.console.print(f"[red]failed[/red] {escape(result.error)}", soft_wrap=True)
             progress.update(task, advance=1, last=Path(result.image).name)
 
         results = localize_files(images, predictor, sampling, options, image_size=config.image_size,
@@ -71,13 +73,14 @@ def localize(
     elapsed = time.perf_counter() - start
 
     counts = {status: sum(r.status == status for r in results) for status in ("ok", "skipped", "failed")}
+    # soft_wrap and escape: each message stays one line, and file names like "[x].jpg" print as they are.
     stderr.print(
         f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
-        f"{counts['failed']} failed in {elapsed:.1f}s -> {out / RESULTS_NAME}"
+        f"{counts['failed']} failed in {elapsed:.1f}s -> {escape(str(out / RESULTS_NAME))}", soft_wrap=True,
     )
     failures = [r for r in results if r.status == "failed"]
     if failures:
         stderr.print("[red]failures:[/red]")
         for result in failures:
-            stderr.print(f"  {result.error}")
+            stderr.print(f"  {escape(result.error)}", soft_wrap=True)
         raise typer.Exit(code=1)

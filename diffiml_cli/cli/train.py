@@ -9,6 +9,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
@@ -104,7 +105,8 @@ def train(
 
         trainer.fit(on_step)
     if show:
-        stderr.print(f"done: {out / 'final'} (inference checkpoint), log {out / 'metrics.jsonl'}")
+        stderr.print(f"done: {escape(str(out / 'final'))} (inference checkpoint), log {escape(str(out / 'metrics.jsonl'))}",
+                     soft_wrap=True)
 
 
 def _model_config(config: ModelConfig, kind: str, *, edge: bool, image_size: int | None) -> ModelConfig:

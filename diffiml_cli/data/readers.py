@@ -1,8 +1,9 @@
 """Datasets of (image, mask) pairs: IMDL-BenCo JSON manifests, Tp/Gt/Au folders, torch datasets.
 
 A spec is either an IMDL-BenCo JSON file, `[[image, mask], [image, "Negative"], ...]` with paths
-relative to the JSON's folder, or a folder with `Tp/` (tampered images), `Gt/` (their masks, same
-stem, optionally suffixed `_gt` or `_mask`) and optionally `Au/` (authentic images).
+relative to the JSON's folder ("Negative" in any capitalisation), or a folder with `Tp/` (tampered
+images), `Gt/` (their masks, same stem, optionally suffixed `_gt` or `_mask`) and optionally `Au/`
+(authentic images).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def _load_json_spec(path: Path) -> list[Pair]:
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(item, str) for item in entry)):
             raise DiffimlError(f"{path}: entry {number} is {json.dumps(entry)[:80]}; {expected}")
         image, mask = entry
-        if mask == NEGATIVE:
+        # "negative" or "NEGATIVE" cannot be meant as a mask file (it would have no image suffix), and a
+        # hand-written manifest easily gets the case wrong: read them all as IMDL-BenCo's "Negative".
+        if mask.strip().casefold() == NEGATIVE.casefold():
             pairs.append(Pair(root / image, None))
             continue
         mask_path = root / mask
