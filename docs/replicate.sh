@@ -37,3 +37,7 @@ done
 # Table 7: sampling steps on the default model, no retraining
 diffiml evaluate -c "$OUT/runs/diffiml/final" "${EVAL[@]}" --sweep-steps 1,4,8,10 --seeds 0,1,2 \
     --out "$OUT/eval/diffiml-steps" --json > "$OUT/eval/diffiml-steps.json"
+# Per-image F1 at sampling seed 0 for every arm: the paired differences and their standard errors
+for arm in diffiml discriminative no-edge prior-0 prior-0.3; do
+  diffiml evaluate -c "$OUT/runs/$arm/final" "${EVAL[@]}" --seed 0 --out "$OUT/eval/$arm-seed0" > /dev/null
+done
