@@ -158,8 +158,8 @@ def test_cli_passes_options_to_the_library(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--ensemble", "1,x"], "comma-separated positive integers"),
-        (["--batch-size", "0"], "comma-separated positive integers"),
+        (["--ensemble", "1,x"], "comma-separated integers >= 1"),
+        (["--batch-size", "0"], "comma-separated integers >= 1"),
     ],
 )
 def test_cli_rejects_bad_lists(args, message):
