@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
+    """Delete the `.<name>.<random>.tmp` files that a writer killed mid-write left in `directory` for
+    each of `names` (the temporaries `atomic_write_bytes`, `save_checkpoint` and `save_training_state` make)."""
+    for name in names:
+        for stale in Path(directory).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, half: bool = False) -> Path:
     """Write `model`'s weights and `config` to `directory`, each file atomically; returns the directory.
 
@@ -94,9 +103,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, hal
         for name, tensor in model.state_dict().items()
     }
     directory.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):  # temporaries of a writer killed mid-write (SIGKILL, power loss)
-        for stale in directory.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    remove_stale_temporaries(directory, (WEIGHTS_NAME, CONFIG_NAME))  # of a writer killed mid-write
     fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:

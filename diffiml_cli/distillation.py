@@ -41,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffiml_cli.checkpoint import atomic_write_bytes, load_training_state, save_checkpoint, save_training_state
+from diffiml_cli.checkpoint import (
+    atomic_write_bytes,
+    load_training_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_training_state,
+)
 from diffiml_cli.config import MaskVAEConfig, config_to_dict
 from diffiml_cli.data.augment import resize_mask
 from diffiml_cli.data.edges import mask_edges, to_signed
@@ -501,9 +507,7 @@ def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool 
     if not resume and state_path.exists():
         raise DiffimlError(f"{out_dir} holds an earlier run's {STATE_NAME}: pass --resume to continue it, "
                            "or choose another --out")
-    for name in (STATE_NAME, REPORT_NAME):  # temporaries of a run killed mid-write (save_checkpoint cleans its own)
-        for stale in out_dir.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    remove_stale_temporaries(out_dir, (STATE_NAME, REPORT_NAME))  # of a run killed mid-write
     data_masks = load_data_masks(settings.data)
     teacher = load_teacher(settings.teacher, settings.teacher_subfolder).to(device) if settings.teacher else None
     scale_factor = teacher_scale_factor(teacher) if teacher is not None else 1.0

@@ -28,7 +28,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from diffiml_cli.checkpoint import atomic_write_bytes, load_training_state, save_checkpoint, save_training_state
+from diffiml_cli.checkpoint import (
+    atomic_write_bytes,
+    load_training_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_training_state,
+)
 from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
 from diffiml_cli.errors import DiffimlError
@@ -252,8 +258,7 @@ class Trainer:
         options, out_dir = self.options, self.options.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.context.is_main:
-            for stale in out_dir.glob(f".{STATE_NAME}.*.tmp"):  # left by a run killed mid-write
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(out_dir, (STATE_NAME,))  # left by a run killed mid-write
             document = {"model": config_to_dict(self.config), "train": asdict(options)}
             atomic_write_bytes(out_dir / "train_config.json", json.dumps(document, indent=2, default=str).encode())
         self._trim_logs()

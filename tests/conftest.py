@@ -82,3 +82,13 @@ def photo_folder(tmp_path) -> Path:
             cv2.circle(image, centre, int(rng.integers(6, 24)), [int(v) for v in rng.integers(0, 256, 3)], -1)
         cv2.imwrite(str(folder / f"photo{index}.png"), image)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: tiny convolutions run many times faster so on a busy CPU,
+    and forked children (which run single-threaded) then compute the same numbers as their parent."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,18 +34,13 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import load_mask_vae
 from diffiml_cli.models.mask_vae import MaskVAE
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_TEACHER = "test-org/tiny-vae"
 # Small and fast, but everything a real run does: training, state saves, calibration or teacher, report.
 FAST = dict(image_size=32, batch_size=4, eval_count=8, batch_norm_samples=8, lr=3e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run many times faster on one thread when the shared CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

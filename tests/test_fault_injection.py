@@ -25,18 +25,14 @@ from corpus import photo
 from diffiml_cli.cli.app import app
 from faults import KillSwitch, check_files, mtimes, run_until_killed, temporaries
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks and reads /proc/self/fd")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="forks and reads /proc/self/fd"),
+    pytest.mark.usefixtures("one_thread"),  # the forked children run on one thread, so must the parent
+]
 
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The forked children run on one thread; so does the parent, so both compute the same numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(argv: list) -> object:

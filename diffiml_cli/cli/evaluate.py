@@ -80,6 +80,7 @@ def evaluate(
     allow_pickle: AllowPickleOption = False,
 ) -> None:
     kinds = parse_kinds(robustness)
+    sweep = None
     if sweep_steps or sweep_ensemble or seeds:
         if kinds:
             raise DiffimlError("--robustness cannot be combined with a sampling sweep; run them separately")
@@ -100,7 +101,7 @@ def evaluate(
         "data": {name: spec for name, (spec, _) in datasets.items()},
     }
 
-    if sweep_steps or sweep_ensemble or seeds:
+    if sweep is not None:
         _run_sweep(sweep, {name: pairs for name, (_, pairs) in datasets.items()}, predictor, options, tta=tta,
                    image_size=config.image_size, out=out, json_output=json_output)
         return
