@@ -283,7 +283,15 @@ class Trainer:
                 on_step(self.step, record)
         if self.context.is_main:
             save_checkpoint(out_dir / "final", self.inference_model(), self.config)
+        if self.context.world_size > 1:
+            dist.barrier()  # every rank leaves once `final/` exists
         return record
+
+    def close(self) -> None:
+        """Leave the process group. A rank that exits with gloo's threads still running can abort
+        ("terminate called without an active exception") and fail the whole torchrun job."""
+        if self.context.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
     def _trim_logs(self) -> None:
         """Drop log lines of steps after the state being resumed (a killed run logged steps it never saved),

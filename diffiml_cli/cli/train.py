@@ -86,6 +86,15 @@ def train(
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
     )
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=torch_device)
+    try:
+        _fit(trainer, out, resume=resume)
+    finally:
+        trainer.close()
+
+
+def _fit(trainer: Trainer, out: Path, *, resume: bool) -> None:
+    """Resume or start the run in `out`, train with a progress bar (main rank only), say where it went."""
+    options = trainer.options
     if resume:
         trainer.resume(out / STATE_NAME)
     elif (out / STATE_NAME).exists():
