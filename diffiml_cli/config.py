@@ -15,6 +15,7 @@ from diffiml_cli.errors import DiffimlError
 
 
 MODEL_KINDS = ("diffusion", "discriminative")
+RESOLUTIONS = ("resize", "native")
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,19 @@ class ModelConfig:
     trained with BCE + Dice; its `vae`, `denoiser` and `diffusion` fields are not used.
     """
 
-    image_size: int = 512  # images are resized to image_size x image_size; a multiple of 32
+    image_size: int = 512  # the training size (a multiple of `input_multiple`), and with "resize" the input size
     vae: MaskVAEConfig = field(default_factory=MaskVAEConfig)
     encoder: ConditionEncoderConfig = field(default_factory=ConditionEncoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     kind: str = "diffusion"  # or "discriminative"; checkpoints older than this field are diffusion models
+    # "resize": every image is squeezed to image_size x image_size, in training and at inference.
+    # "native": training cuts image_size windows from photos at their own resolution, and inference
+    # sees each image at its own resolution (reflection-padded to `input_multiple`; shrunk, keeping
+    # the aspect ratio, only when its long side exceeds native_max_side), so resampling does not
+    # erase the low-level traces of an edit. Checkpoints older than this field are "resize" models.
+    resolution: str = "resize"
+    native_max_side: int = 1024
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -101,10 +109,19 @@ class ModelConfig:
                 f"the denoiser's latent_channels ({self.denoiser.latent_channels}) must be the VAE's "
                 f"{self.vae.latent_channels} (mask only) or {2 * self.vae.latent_channels} (mask and edge)"
             )
-        # The backbone needs a multiple of 32; each UNet level below the first halves the 1/8 latent.
-        multiple = max(32, 8 * 2 ** (len(self.denoiser.block_out_channels) - 1))
+        if self.resolution not in RESOLUTIONS:
+            raise DiffimlError(f"unknown resolution {self.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
+        multiple = self.input_multiple
         if self.image_size % multiple:
             raise DiffimlError(f"image_size must be a multiple of {multiple} for this model, got {self.image_size}")
+        if self.native_max_side < multiple:
+            raise DiffimlError(f"native_max_side must be at least {multiple}, got {self.native_max_side}")
+
+    @property
+    def input_multiple(self) -> int:
+        """Input sides must be multiples of this: the backbone needs 32, and each UNet level below the
+        first halves the 1/8 latent."""
+        return max(32, 8 * 2 ** (len(self.denoiser.block_out_channels) - 1))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from diffiml_cli.checkpoint import atomic_write_bytes
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.readers import Pair, load_pair
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import save_png_atomic
-from diffiml_cli.inference import Predictor, SamplingOptions, image_to_tensor
+from diffiml_cli.inference import ModelInput, Predictor, SamplingOptions, prepare_input
 from diffiml_cli.localization import output_paths
 from diffiml_cli.metrics import METRIC_DEFINITIONS, MetricAccumulator, resize_probability
 from diffiml_cli.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS, Perturbation, perturbations
@@ -125,15 +126,15 @@ def parse_dataset_arg(text: str) -> tuple[str, str]:
 class _Loaded:
     index: int
     pair: Pair
-    tensor: torch.Tensor  # (3, S, S) float in [0, 1]
+    model_input: ModelInput
     mask: torch.Tensor  # (H, W) bool at the original resolution
 
 
-def _load_pair(index: int, pair: Pair, *, image_size: int, perturbation: Perturbation | None) -> _Loaded:
+def _load_pair(index: int, pair: Pair, *, model_config: ModelConfig, perturbation: Perturbation | None) -> _Loaded:
     image, mask = load_pair(pair)
     if perturbation is not None:
         image = perturbation(image, index)
-    return _Loaded(index, pair, image_to_tensor(image, image_size), torch.from_numpy(mask))
+    return _Loaded(index, pair, prepare_input(image, model_config), torch.from_numpy(mask))
 
 
 def _loaded_batches(pairs: Sequence[Pair], load: Callable[[int, Pair], _Loaded], batch_size: int,
@@ -173,7 +174,7 @@ def evaluate_dataset(
     predictor: Predictor,
     sampling: SamplingOptions,
     *,
-    image_size: int,
+    model_config: ModelConfig,
     threshold: float = 0.5,
     batch_size: int = 1,
     perturbation: Perturbation | None = None,
@@ -184,7 +185,7 @@ def evaluate_dataset(
 
     Args:
         pairs: (image, mask | None) pairs; mask None = authentic.
-        image_size: the model's input side S.
+        model_config: the model's config, which says how an image becomes its input (`prepare_input`).
         threshold: pixels with prob >= threshold, and images with score >= threshold, count as manipulated.
         perturbation: applied to each (H, W, 3) uint8 image at its original resolution, before resizing.
         save_predictions_dir: when given, `<dir>/<folder>/<stem>_prob.png` (prob * 255, original size).
@@ -213,16 +214,16 @@ def evaluate_dataset(
             save_png_atomic(path, np.round(prob.numpy() * 255).astype(np.uint8))
         on_progress(item.pair, None)
 
-    load = partial(_load_pair, image_size=image_size, perturbation=perturbation)
+    load = partial(_load_pair, model_config=model_config, perturbation=perturbation)
     with ThreadPoolExecutor(max_workers=1) as finisher:  # one worker keeps the accumulator's order
         pending: deque[Future] = deque()
         for batch in _loaded_batches(pairs, load, batch_size, reject):
             start = time.perf_counter()
-            prediction = predictor.predict(torch.stack([item.tensor for item in batch]), sampling)
+            predictions = predictor.predict_inputs([item.model_input for item in batch], sampling)
             predict_seconds += time.perf_counter() - start
-            for index, item in enumerate(batch):
-                pending.append(finisher.submit(finish, item, prediction.probability[index],
-                                               float(prediction.image_score[index])))
+            for item, prediction in zip(batch, predictions):
+                pending.append(finisher.submit(finish, item, prediction.probability[0],
+                                               float(prediction.image_score[0])))
             while len(pending) > 2 * batch_size:  # the finisher must not fall behind without bound
                 pending.popleft().result()
         for future in pending:
@@ -256,7 +257,7 @@ def evaluate_datasets(
     sampling: SamplingOptions,
     options: EvaluateOptions,
     *,
-    image_size: int,
+    model_config: ModelConfig,
     on_progress: Callable[[str, Pair, "str | None"], None] = lambda stage, pair, error: None,
 ) -> EvaluationReport:
     """Evaluate each dataset clean, then at every level of each robustness kind, and average over datasets.
@@ -268,7 +269,7 @@ def evaluate_datasets(
     for name, pairs in datasets.items():
         save_dir = None if options.save_predictions_dir is None else options.save_predictions_dir / name
         clean[name] = evaluate_dataset(
-            pairs, predictor, sampling, image_size=image_size, threshold=options.threshold,
+            pairs, predictor, sampling, model_config=model_config, threshold=options.threshold,
             batch_size=options.batch_size, save_predictions_dir=save_dir,
             on_progress=lambda pair, error, name=name: on_progress(name, pair, error),
         )
@@ -279,7 +280,7 @@ def evaluate_datasets(
         for perturbation in perturbations(kind, options.seed):
             per_dataset = {
                 name: evaluate_dataset(
-                    pairs, predictor, sampling, image_size=image_size, threshold=options.threshold,
+                    pairs, predictor, sampling, model_config=model_config, threshold=options.threshold,
                     batch_size=options.batch_size, perturbation=perturbation,
                     on_progress=lambda pair, error, name=name, p=perturbation: on_progress(f"{name} {p.label}", pair, error),
                 ).metrics

@@ -7,6 +7,7 @@ no host-device sync inside the loop; CUDA runs in fp16 autocast.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from diffiml_cli.config import DiffusionConfig
+from diffiml_cli.config import DiffusionConfig, ModelConfig
 from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.localizer import Localizer
@@ -40,11 +41,11 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Model-resolution outputs for a batch of B images, on the CPU.
+    """Model-resolution outputs for a batch of B images of H x W input pixels, on the CPU.
 
-    probability: (B, 1, S, S) float32 in [0, 1], decoded from the ensemble-mean latent
+    probability: (B, 1, H, W) float32 in [0, 1], decoded from the ensemble-mean latent
                  (a discriminative model: the sigmoid of its logits)
-    uncertainty:  (B, 1, S, S) float32 in [0, 0.5], per-pixel std of the N members' probabilities
+    uncertainty:  (B, 1, H, W) float32 in [0, 0.5], per-pixel std of the N members' probabilities
                  (all 0 for a discriminative model, which makes one deterministic prediction)
     image_score:  (B,) float32 in [0, 1], the maximum of `probability` (the image-level score)
     """
@@ -99,7 +100,8 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
-        """images: (B, 3, S, S) float in [0, 1], S the model's image size -> Prediction."""
+        """images: (B, 3, H, W) float in [0, 1], H and W multiples of the model's `input_multiple`
+        (the image size for a "resize" model) -> Prediction with (B, 1, H, W) maps."""
         B = images.shape[0]
         images = images.to(self.device, non_blocking=True)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
@@ -119,6 +121,26 @@ class Predictor:
             uncertainty=uncertainty.float().cpu(),
             image_score=probability.amax(dim=(1, 2, 3)),
         )
+
+    def predict_inputs(self, inputs: Sequence[ModelInput], options: SamplingOptions) -> list[Prediction]:
+        """One Prediction per input (B = 1), its maps cropped to the input's valid region and its image
+        score taken there. Inputs of the same shape run through the model as one batch; each image's
+        noise depends only on the seed, so grouping does not change any result."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(inputs):
+            groups.setdefault(tuple(item.tensor.shape), []).append(index)
+        predictions: list[Prediction | None] = [None] * len(inputs)
+        for indices in groups.values():
+            batch = self.predict(torch.stack([inputs[i].tensor for i in indices]), options)
+            for row, index in enumerate(indices):
+                height, width = inputs[index].valid
+                probability = batch.probability[row:row + 1, :, :height, :width]
+                predictions[index] = Prediction(
+                    probability=probability,
+                    uncertainty=batch.uncertainty[row:row + 1, :, :height, :width],
+                    image_score=probability.amax(dim=(1, 2, 3)),
+                )
+        return predictions  # type: ignore[return-value]
 
     def _sample(self, views: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
         """views (V*B, 3, S, S) -> (probability, uncertainty), each (V*B, 1, S, S): Algorithm 2."""
@@ -145,6 +167,37 @@ class Predictor:
         return torch.cat(draws)
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """One image as the model takes it.
+
+    tensor: (3, h, w) float32 in [0, 1]. "resize": h = w = the model's image_size. "native": the image at
+            its own resolution (area-shrunk, keeping its aspect ratio, only when its long side exceeds
+            `native_max_side`), reflection-padded at the bottom and right to multiples of `input_multiple`.
+    valid:  (height, width) of the top-left region of `tensor` that holds the image; the rest is padding.
+    """
+
+    tensor: torch.Tensor
+    valid: tuple[int, int]
+
+
+def prepare_input(image: np.ndarray, config: ModelConfig) -> ModelInput:
+    """image: (H, W, 3) uint8 RGB -> ModelInput, as `config.resolution` says."""
+    if config.resolution == "resize":
+        return ModelInput(image_to_tensor(image, config.image_size), (config.image_size, config.image_size))
+    height, width = image.shape[:2]
+    scale = config.native_max_side / max(height, width)
+    if scale < 1:
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    multiple = config.input_multiple
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    # Reflection needs the padding to be smaller than the side; tiny images fall back to edge replication.
+    border = cv2.BORDER_REFLECT_101 if pad_bottom < height and pad_right < width else cv2.BORDER_REPLICATE
+    padded = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, border)
+    return ModelInput(torch.from_numpy(padded).permute(2, 0, 1).float().div_(255.0), (height, width))
+
+
 def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """image: (H, W, 3) uint8 RGB -> (3, size, size) float32 in [0, 1], area-averaged when shrinking."""
     H, W = image.shape[:2]
@@ -154,6 +207,6 @@ def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def to_original_size(map_: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """map_: (1, S, S) or (S, S) float -> (height, width) float32, bilinear."""
+    """map_: (1, h, w) or (h, w) float -> (height, width) float32, bilinear (a copy when the size matches)."""
     array = map_.squeeze(0).numpy().astype(np.float32, copy=False)
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from diffiml_cli.checkpoint import atomic_write_bytes
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb, save_png_atomic
-from diffiml_cli.inference import Prediction, Predictor, SamplingOptions, image_to_tensor, to_original_size
+from diffiml_cli.inference import ModelInput, Prediction, Predictor, SamplingOptions, prepare_input, to_original_size
 
 OUTPUT_KINDS = ("mask", "prob", "overlay", "uncertainty")
 RESULTS_NAME = "results.json"
@@ -104,14 +105,14 @@ def _write_outputs(
 class _Loaded:
     path: Path
     image: np.ndarray
-    tensor: torch.Tensor
+    model_input: ModelInput
     load_seconds: float
 
 
-def _load(path: Path, size: int, max_pixels: int) -> _Loaded:
+def _load(path: Path, model_config: ModelConfig, max_pixels: int) -> _Loaded:
     start = time.perf_counter()
     image = load_rgb(path, max_pixels=max_pixels)
-    return _Loaded(path, image, image_to_tensor(image, size), time.perf_counter() - start)
+    return _Loaded(path, image, prepare_input(image, model_config), time.perf_counter() - start)
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -130,7 +131,7 @@ def localize_files(
     sampling: SamplingOptions,
     options: LocalizeOptions,
     *,
-    image_size: int,
+    model_config: ModelConfig,
     on_result: Callable[[ImageResult], None] = lambda result: None,
     run_info: dict | None = None,
 ) -> list[ImageResult]:
@@ -149,14 +150,14 @@ def localize_files(
 
     writers: list[tuple[ImageResult, Future]] = []
     with ThreadPoolExecutor(max_workers=2) as loader, ThreadPoolExecutor(max_workers=2) as writer:
-        for batch in _batches(todo, options.batch_size, loader, image_size, options.max_pixels, results, on_result):
+        for batch in _batches(todo, options.batch_size, loader, model_config, options.max_pixels, results, on_result):
             start = time.perf_counter()
-            prediction = predictor.predict(torch.stack([item.tensor for item, _ in batch]), sampling)
+            predictions = predictor.predict_inputs([item.model_input for item, _ in batch], sampling)
             predict_seconds = (time.perf_counter() - start) / len(batch)
-            for index, (item, paths) in enumerate(batch):
-                result = _result_for(item, paths, prediction, index, predict_seconds)
+            for (item, paths), prediction in zip(batch, predictions):
+                result = _result_for(item, paths, prediction, predict_seconds)
                 results[item.path] = result
-                future = writer.submit(_finish, item, paths, prediction, index, options.threshold, result)
+                future = writer.submit(_finish, item, paths, prediction, options.threshold, result)
                 writers.append((result, future))
         for result, future in writers:
             future.result()
@@ -221,9 +222,9 @@ def _remove_stale_temporaries(outputs: Sequence[Path]) -> None:
                 Path(entry.path).unlink(missing_ok=True)
 
 
-def _batches(todo, batch_size, loader, image_size, max_pixels, results, on_result) -> Iterator[list]:
+def _batches(todo, batch_size, loader, model_config, max_pixels, results, on_result) -> Iterator[list]:
     """Yield loaded batches, keeping up to two batches of decoding in flight ahead of the model."""
-    futures = [(path, paths, loader.submit(_load, path, image_size, max_pixels)) for path, paths in todo]
+    futures = [(path, paths, loader.submit(_load, path, model_config, max_pixels)) for path, paths in todo]
     batch = []
     for path, paths, future in futures:
         try:
@@ -238,12 +239,13 @@ def _batches(todo, batch_size, loader, image_size, max_pixels, results, on_resul
         yield batch
 
 
-def _result_for(item: _Loaded, paths: dict[str, Path], prediction: Prediction, index: int, predict_seconds: float):
+def _result_for(item: _Loaded, paths: dict[str, Path], prediction: Prediction, predict_seconds: float):
+    """The result of one image; `prediction` is its own (B = 1, cropped to the image)."""
     height, width = item.image.shape[:2]
     return ImageResult(
         image=str(item.path),
         status="ok",
-        image_score=float(prediction.image_score[index]),
+        image_score=float(prediction.image_score[0]),
         width=width,
         height=height,
         outputs={kind: str(p) for kind, p in paths.items()},
@@ -251,13 +253,13 @@ def _result_for(item: _Loaded, paths: dict[str, Path], prediction: Prediction, i
     )
 
 
-def _finish(item: _Loaded, paths, prediction: Prediction, index: int, threshold: float, result: ImageResult) -> None:
+def _finish(item: _Loaded, paths, prediction: Prediction, threshold: float, result: ImageResult) -> None:
     start = time.perf_counter()
     height, width = item.image.shape[:2]
     try:
         paths["mask"].parent.mkdir(parents=True, exist_ok=True)  # sub-folders mirror the input's
-        probability = np.clip(to_original_size(prediction.probability[index], height, width), 0.0, 1.0)
-        uncertainty = to_original_size(prediction.uncertainty[index], height, width)
+        probability = np.clip(to_original_size(prediction.probability[0], height, width), 0.0, 1.0)
+        uncertainty = to_original_size(prediction.uncertainty[0], height, width)
         result.manipulated_fraction = _write_outputs(item.image, probability, uncertainty, paths, threshold)
     except (DiffimlError, OSError) as error:
         result.status, result.error = "failed", f"{item.path}: cannot write outputs ({error})"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffiml_cli.checkpoint import atomic_write_bytes
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation import EvaluateOptions, csv_bytes, jsonable, evaluate_datasets
@@ -46,7 +47,7 @@ def sampling_sweep(
     seeds: Sequence[int],
     tta: bool,
     options: EvaluateOptions,
-    image_size: int,
+    model_config: ModelConfig,
     on_cell: Callable[[int, int, int], None] = lambda steps, ensemble, seed: None,
     on_progress: Callable[[str, Pair, "str | None"], None] = lambda stage, pair, error: None,
 ) -> dict:
@@ -70,7 +71,7 @@ def sampling_sweep(
                 on_cell(steps, ensemble, seed)
                 sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
                 report = evaluate_datasets(datasets, predictor, sampling, replace(options, seed=seed),
-                                           image_size=image_size, on_progress=on_progress)
+                                           model_config=model_config, on_progress=on_progress)
                 bad_pairs = {name: [entry.reason for entry in bad] for name, bad in report.bad_pairs.items()}
                 per_seed.append({name: r.metrics for name, r in report.datasets.items()})
             cells.append({

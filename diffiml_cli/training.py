@@ -347,19 +347,23 @@ def build_training_data(
     augment,
     edge_width: int = 7,
     synthetic_length: int = 4096,
+    crop: bool = False,
 ) -> Dataset:
-    """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders."""
+    """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
+    `crop` cuts image_size windows at native resolution instead of resizing (a "native" model)."""
     from diffiml_cli.data import MixedDataset, PairDataset, SyntheticDataset, SyntheticManipulations
     from diffiml_cli.data import parse_weighted_specs, validate_pairs
 
     datasets, weights = [], []
     for pairs, weight in parse_weighted_specs(list(data_specs)):
         validate_pairs(pairs)  # a bad manifest fails now, before any training step
-        datasets.append(PairDataset(pairs, image_size=image_size, augment=augment, edge_width=edge_width, seed=seed))
+        datasets.append(PairDataset(pairs, image_size=image_size, augment=augment, edge_width=edge_width, seed=seed,
+                                    crop=crop))
         weights.append(weight)
     for folder in synthetic_dirs:
         manipulations = SyntheticManipulations(folder, seed=seed)
-        datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length, augment=augment, edge_width=edge_width))
+        datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length,
+                                         augment=augment, edge_width=edge_width, crop=crop))
         weights.append(1.0)
     if not datasets:
         raise DiffimlError("no training data: give --data SPEC and/or --synthetic-from DIR")
@@ -368,14 +372,15 @@ def build_training_data(
     return MixedDataset(datasets, weights, length=sum(len(d) for d in datasets), seed=seed)
 
 
-def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64) -> Dataset:
-    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training) or a dataset SPEC."""
+def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64, crop: bool = False) -> Dataset:
+    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training) or a dataset SPEC,
+    resized or (`crop`) cut to image_size windows at native resolution, as the model trains."""
     from diffiml_cli.data import PairDataset, SyntheticDataset, SyntheticManipulations, load_spec, validate_pairs
 
     if spec.startswith("synthetic:"):
         folder, _, count = spec.removeprefix("synthetic:").partition(":")
         manipulations = SyntheticManipulations(folder, seed=seed + 1_000_003)
-        return SyntheticDataset(manipulations, image_size=image_size, length=int(count or limit))
+        return SyntheticDataset(manipulations, image_size=image_size, length=int(count or limit), crop=crop)
     pairs = load_spec(spec)[:limit]
     validate_pairs(pairs)
-    return PairDataset(pairs, image_size=image_size, augment=None)
+    return PairDataset(pairs, image_size=image_size, augment=None, crop=crop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,8 +18,9 @@ from diffiml_cli.cli.app import app
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation import COUNT_KEYS, METRIC_KEYS, evaluate_dataset, parse_dataset_arg
-from diffiml_cli.inference import Prediction, SamplingOptions
+from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
 from diffiml_cli.metrics import METRIC_DEFINITIONS
+from diffiml_cli.presets import get_preset
 from diffiml_cli.robustness import (
     PERTURBATION_LEVELS,
     Perturbation,
@@ -144,6 +146,8 @@ class _MaskInThePixels:
         probability = images[:, :1].clone()
         return Prediction(probability, torch.zeros_like(probability), probability.amax(dim=(1, 2, 3)))
 
+    predict_inputs = Predictor.predict_inputs  # groups inputs by shape, calls predict, crops
+
 
 def test_a_perfect_predictor_scores_near_one_at_the_original_resolution(tmp_path):
     pairs = []
@@ -155,7 +159,7 @@ def test_a_perfect_predictor_scores_near_one_at_the_original_resolution(tmp_path
     pairs.append(Pair(tmp_path / "au.png", None))
     pairs.append(Pair(tmp_path / "missing.png", None))
     seen = []
-    report = evaluate_dataset(pairs, _MaskInThePixels(), SamplingOptions(steps=1, ensemble=1), image_size=32,
+    report = evaluate_dataset(pairs, _MaskInThePixels(), SamplingOptions(steps=1, ensemble=1), model_config=dataclasses.replace(get_preset("test"), image_size=32),
                               batch_size=2, on_progress=lambda pair, error: seen.append((pair.image.name, error)))
     metrics = report.metrics
     assert metrics["pixel_f1"] > 0.9 and metrics["pixel_auc"] > 0.99

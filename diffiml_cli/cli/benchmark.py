@@ -28,6 +28,8 @@ from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import PRESETS, get_preset
 
+NATIVE_BENCHMARK_SIZE = 512
+
 
 def benchmark(
     checkpoint: CheckpointOption = None,
@@ -36,7 +38,8 @@ def benchmark(
         typer.Option(help=f"Benchmark a random-init model of a preset ({', '.join(PRESETS)}) instead of a checkpoint."),
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Square input size in pixels. Default: the model's own.", min=32)
+        int | None, typer.Option(help="Square input size in pixels. Default: the model's own; 512 for a native-resolution "
+                                 "model, which runs at each image's size.", min=32)
     ] = None,
     steps: StepsOption = 8,
     ensemble: Annotated[str, typer.Option(help="Comma-separated ensemble sizes N to time.")] = "1,5",
@@ -69,6 +72,8 @@ def benchmark(
         source_path = checkpoint or default_checkpoint()
         localizer, config = load_localizer(source_path, allow_pickle=allow_pickle)
         source = str(source_path)
+    if image_size is None and config.resolution == "native":
+        image_size = NATIVE_BENCHMARK_SIZE  # its image_size is only the training window
     if image_size is not None:
         config = dataclasses.replace(config, image_size=image_size)  # validates the size for this model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 import torch
@@ -32,6 +33,11 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Fp16Option = Annotated[bool, typer.Option("--fp16/--no-fp16", help="fp16 autocast (CUDA only).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.")]
 BatchSizeOption = Annotated[int, typer.Option(help="Images per forward pass.", min=1)]
+ResolutionOption = Annotated[
+    str | None,
+    typer.Option(help="How images reach the model: resize (squeezed to the model's training size) or native (each "
+                 "image at its own resolution, shrunk only past the model's native_max_side). Default: the checkpoint's."),
+]
 AllowPickleOption = Annotated[
     bool,
     typer.Option(help="Accept a pickle (.pth/.pt/.bin) checkpoint, loaded with torch.load(weights_only=True)."),
@@ -50,12 +56,16 @@ def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
 
 
 def load_predictor(
-    checkpoint: str | None, *, device: str, fp16: bool, allow_pickle: bool, sampling: SamplingOptions, compile: bool = False
+    checkpoint: str | None, *, device: str, fp16: bool, allow_pickle: bool, sampling: SamplingOptions,
+    compile: bool = False, resolution: str | None = None,
 ) -> tuple[Predictor, ModelConfig, dict[str, Any]]:
-    """Load a checkpoint (default: the shipped one) onto a device; returns the predictor, its config, and the
-    run description that `localize` and `evaluate` write beside their results."""
+    """Load a checkpoint (default: the shipped one) onto a device; returns the predictor, its config (with
+    `resolution` applied when given), and the run description that `localize` and `evaluate` write beside
+    their results."""
     source = checkpoint or default_checkpoint()
     localizer, config = load_localizer(source, allow_pickle=allow_pickle)
+    if resolution is not None:
+        config = dataclasses.replace(config, resolution=resolution)  # an unknown name is a DiffimlError
     torch_device = resolve_device(device)
     predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16, compile=compile)
     run_info = {
@@ -65,5 +75,6 @@ def load_predictor(
         "cpu_threads": torch.get_num_threads(),
         "sampling": {"steps": sampling.steps, "ensemble": sampling.ensemble, "tta": sampling.tta, "seed": sampling.seed},
         "image_size": config.image_size,
+        "resolution": config.resolution,
     }
     return predictor, config, run_info

@@ -21,6 +21,7 @@ from diffiml_cli.cli.common import (
     DeviceOption,
     EnsembleOption,
     Fp16Option,
+    ResolutionOption,
     SeedOption,
     StepsOption,
     ThresholdOption,
@@ -29,6 +30,7 @@ from diffiml_cli.cli.common import (
     parse_int_list,
     stderr,
 )
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.readers import load_spec
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation import (
@@ -77,6 +79,7 @@ def evaluate(
                                                     "(steps, N) pair once per --seeds seed; writes sweep.json and sweep.csv.")] = None,
     sweep_ensemble: Annotated[str | None, typer.Option(help="Comma-separated ensemble sizes N to sweep.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated sampling seeds of a sweep (default: --seed).")] = None,
+    resolution: ResolutionOption = None,
     allow_pickle: AllowPickleOption = False,
 ) -> None:
     kinds = parse_kinds(robustness)
@@ -91,7 +94,8 @@ def evaluate(
         )
     datasets = _load_datasets(data, limit)
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
-    predictor, config, run_info = load_predictor(checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling)
+    predictor, config, run_info = load_predictor(checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle,
+                                                 sampling=sampling, resolution=resolution)
     options = EvaluateOptions(threshold=threshold, batch_size=batch_size, robustness=kinds, seed=seed,
                               save_predictions_dir=out / "predictions" if save_predictions else None)
     run_info |= {
@@ -103,7 +107,7 @@ def evaluate(
 
     if sweep is not None:
         _run_sweep(sweep, {name: pairs for name, (_, pairs) in datasets.items()}, predictor, options, tta=tta,
-                   image_size=config.image_size, out=out, json_output=json_output)
+                   model_config=config, out=out, json_output=json_output)
         return
     passes = 1 + sum(len(PERTURBATION_LEVELS[kind]) for kind in kinds)
     with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -116,7 +120,7 @@ def evaluate(
             progress.update(task, advance=1 if error is None else passes, stage=stage)
 
         report = evaluate_datasets({name: pairs for name, (_, pairs) in datasets.items()}, predictor, sampling,
-                                   options, image_size=config.image_size, on_progress=on_progress)
+                                   options, model_config=config, on_progress=on_progress)
     written = write_report(report, out, threshold=threshold, run_info=run_info)
 
     if json_output:
@@ -139,8 +143,8 @@ class SweepGrid:
     seeds: list[int]
 
 
-def _run_sweep(grid: SweepGrid, datasets: dict, predictor, options: EvaluateOptions, *, tta: bool, image_size: int,
-               out: Path, json_output: bool) -> None:
+def _run_sweep(grid: SweepGrid, datasets: dict, predictor, options: EvaluateOptions, *, tta: bool,
+               model_config: ModelConfig, out: Path, json_output: bool) -> None:
     """Evaluate every cell of `grid`, write sweep.json/csv, print one table per metric; exit 1 on skipped pairs."""
     cells = len(grid.steps) * len(grid.ensembles) * len(grid.seeds)
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -148,7 +152,7 @@ def _run_sweep(grid: SweepGrid, datasets: dict, predictor, options: EvaluateOpti
         task = progress.add_task("sweep", total=cells * sum(len(pairs) for pairs in datasets.values()), stage="")
         document = sampling_sweep(
             datasets, predictor, steps_values=grid.steps, ensemble_values=grid.ensembles, seeds=grid.seeds, tta=tta,
-            options=options, image_size=image_size,
+            options=options, model_config=model_config,
             on_cell=lambda s, n, seed: progress.update(task, stage=f"steps {s}, N {n}, seed {seed}"),
             on_progress=lambda stage, pair, error: progress.update(task, advance=1),
         )

@@ -17,6 +17,7 @@ from diffiml_cli.cli.common import (
     DeviceOption,
     EnsembleOption,
     Fp16Option,
+    ResolutionOption,
     SeedOption,
     StepsOption,
     ThresholdOption,
@@ -43,6 +44,7 @@ def localize(
     batch_size: BatchSizeOption = 1,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).", min=1)] = DEFAULT_MAX_PIXELS,
+    resolution: ResolutionOption = None,
     allow_pickle: AllowPickleOption = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser (pays off on large folders).")] = False,
 ) -> None:
@@ -51,7 +53,8 @@ def localize(
     prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
     predictor, config, run_info = load_predictor(
-        checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling, compile=compile
+        checkpoint, device=device, fp16=fp16, allow_pickle=allow_pickle, sampling=sampling, compile=compile,
+        resolution=resolution,
     )
     run_info["threshold"] = threshold
     options = LocalizeOptions(out_dir=out, threshold=threshold, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
@@ -68,7 +71,7 @@ def localize(
                 progress.console.print(f"[red]failed[/red] {escape(result.error)}", soft_wrap=True)
             progress.update(task, advance=1, last=Path(result.image).name)
 
-        results = localize_files(images, predictor, sampling, options, image_size=config.image_size,
+        results = localize_files(images, predictor, sampling, options, model_config=config,
                                  on_result=on_result, run_info=run_info)
     elapsed = time.perf_counter() - start
 

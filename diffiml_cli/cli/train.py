@@ -39,6 +39,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.", min=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step per process.", min=1)] = 8,
     image_size: Annotated[int | None, typer.Option(help="Training size (default: the preset's).")] = None,
+    resolution: Annotated[str | None, typer.Option(help="resize (squeeze every image to the training size, as the paper) or "
+                          "native (train on windows at the photo's own resolution; inference keeps each image's size). "
+                          "Default: the preset's, or the --init checkpoint's.")] = None,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.")] = 100,
@@ -61,10 +64,11 @@ def train(
         localizer, config = load_localizer(init)
         if model is not None and model != config.kind:
             raise DiffimlError(f"--init {init} is a {config.kind} model; it cannot continue as --model {model}")
-        if image_size is not None:
-            config = dataclasses.replace(config, image_size=image_size)
+        config = dataclasses.replace(config, image_size=image_size or config.image_size,
+                                     resolution=resolution or config.resolution)
     else:
-        config = _model_config(get_preset(preset), model or "diffusion", edge=edge, image_size=image_size)
+        config = _model_config(get_preset(preset), model or "diffusion", edge=edge, image_size=image_size,
+                               resolution=resolution)
         if config.kind == "diffusion":
             mask_vae = load_mask_vae(vae) if vae else default_vae()
             config = dataclasses.replace(config, vae=mask_vae.config)  # the scale factor travels with the VAE
@@ -74,8 +78,10 @@ def train(
     if backbone_weights:
         load_backbone_weights(localizer.encoder, backbone_weights)
 
-    train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed, augment=AugmentConfig())
-    val_data = build_validation_data(val, image_size=config.image_size, seed=seed) if val else None
+    crop = config.resolution == "native"
+    train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed,
+                                     augment=AugmentConfig(), crop=crop)
+    val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")
     if epochs is not None:  # the LR schedule needs the total up front; torchrun sets WORLD_SIZE
@@ -118,9 +124,11 @@ def _fit(trainer: Trainer, out: Path, *, resume: bool) -> None:
                      soft_wrap=True)
 
 
-def _model_config(config: ModelConfig, kind: str, *, edge: bool, image_size: int | None) -> ModelConfig:
-    """The preset's config with the model kind, the edge ablation and the image size applied."""
-    config = dataclasses.replace(config, kind=kind, image_size=image_size or config.image_size)
+def _model_config(config: ModelConfig, kind: str, *, edge: bool, image_size: int | None,
+                  resolution: str | None = None) -> ModelConfig:
+    """The preset's config with the model kind, the edge ablation, the image size and the resolution applied."""
+    config = dataclasses.replace(config, kind=kind, image_size=image_size or config.image_size,
+                                 resolution=resolution or config.resolution)
     if not edge:
         if kind != "diffusion":
             raise DiffimlError("--no-edge is an ablation of the diffusion model; a discriminative one has no edge latent")

@@ -71,6 +71,32 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return soft >= 0.5
 
 
+def crop_at_native_resolution(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator,
+                               *, on_manipulation: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size window of (H, W, 3) uint8 image and (H, W) bool mask, with no resampling, so the
+    pixels keep their camera and compression traces as inference at native resolution sees them.
+
+    With probability `on_manipulation` (when the mask has any pixel) the window is drawn among those
+    that contain a random manipulated pixel, else uniformly. An image smaller than `size` on a side is
+    first enlarged, keeping its aspect ratio, until that side fits (the one case that resamples).
+    Returns (image (size, size, 3) uint8, mask (size, size) bool).
+    """
+    height, width = mask.shape
+    if min(height, width) < size:
+        scale = size / min(height, width)
+        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image, mask = resize_image(image, new_size), resize_mask(mask, new_size)
+        height, width = mask.shape
+    top, left = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
+    if rng.random() < on_manipulation and mask.any():
+        rows, cols = np.nonzero(mask)
+        pick = int(rng.integers(rows.size))
+        # the windows that contain (row, col) start in [row - size + 1, row], clipped to the image
+        top = int(rng.integers(max(0, rows[pick] - size + 1), min(rows[pick], height - size) + 1))
+        left = int(rng.integers(max(0, cols[pick] - size + 1), min(cols[pick], width - size) + 1))
+    return image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
+
+
 def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
     """Round-trip (H, W, 3) uint8 RGB through OpenCV's JPEG codec (4:2:0) at `quality` 1..100."""
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),

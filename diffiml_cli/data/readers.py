@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffiml_cli.data.augment import AugmentConfig, augment, resize_image, resize_mask
+from diffiml_cli.data.augment import AugmentConfig, augment, crop_at_native_resolution, resize_image, resize_mask
 from diffiml_cli.data.edges import mask_edges
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import IMAGE_EXTENSIONS, load_mask, load_rgb
@@ -29,6 +29,7 @@ NEGATIVE = "Negative"  # IMDL-BenCo's mask entry for an authentic image
 MASK_STEM_SUFFIXES = ("", "_gt", "_mask")
 _WEIGHT_SUFFIX = re.compile(r":([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 _FAILURES_SHOWN = 5
+CROP_STREAM = 7  # the crop window's generator, apart from the augmentation's (seed, epoch, index)
 
 
 @dataclass(frozen=True)
@@ -190,16 +191,20 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
 
 
 def training_sample(image: np.ndarray, mask: np.ndarray, index: int, *, image_size: int,
-                    edge_width: int) -> dict[str, torch.Tensor | int]:
-    """Resize a pair to image_size and build the model's input dict.
+                    edge_width: int, crop_rng: np.random.Generator | None = None) -> dict[str, torch.Tensor | int]:
+    """Bring a pair to image_size x image_size and build the model's input dict: resized, or, with
+    `crop_rng`, a window cut at native resolution (`crop_at_native_resolution`).
 
     image: (H, W, 3) uint8 RGB; mask: (H, W) bool.
     Returns image (3, S, S) float32 in [0, 1]; mask and edge (1, S, S) float32 in {0, 1}, the edge
-    band computed on the resized mask; index int.
+    band computed on the resized or cropped mask; index int.
     """
-    size = (image_size, image_size)
-    image = resize_image(image, size)
-    mask = resize_mask(mask, size)
+    if crop_rng is not None:
+        image, mask = crop_at_native_resolution(image, mask, image_size, crop_rng)
+    else:
+        size = (image_size, image_size)
+        image = resize_image(image, size)
+        mask = resize_mask(mask, size)
     edge = mask_edges(mask, edge_width)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
@@ -210,16 +215,18 @@ def training_sample(image: np.ndarray, mask: np.ndarray, index: int, *, image_si
 
 
 class PairDataset(Dataset):
-    """Pairs read from disk, augmented, resized to (image_size, image_size).
+    """Pairs read from disk, augmented, resized to (image_size, image_size), or with `crop` cut to
+    a window of that size at native resolution.
 
     Items are deterministic in (seed, epoch, index); call `set_epoch` each epoch to draw new
-    augmentations. Authentic pairs (mask None) get an all-False mask.
+    augmentations and crops. Authentic pairs (mask None) get an all-False mask.
     """
 
     def __init__(self, pairs: Sequence[Pair], *, image_size: int, augment: AugmentConfig | None,
-                 edge_width: int = 7, seed: int = 0) -> None:
+                 edge_width: int = 7, seed: int = 0, crop: bool = False) -> None:
         self.pairs = list(pairs)
         self.image_size = image_size
+        self.crop = crop
         self.augment = augment
         self.edge_width = edge_width
         self.seed = seed
@@ -237,7 +244,9 @@ class PairDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = augment(image, mask, rng, self.augment)
-        return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width)
+        crop_rng = np.random.default_rng([self.seed, self.epoch, index, CROP_STREAM]) if self.crop else None
+        return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width,
+                               crop_rng=crop_rng)
 
 
 class MixedDataset(Dataset):

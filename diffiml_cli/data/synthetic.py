@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from diffiml_cli.data import regions
 from diffiml_cli.data.augment import (INTERPOLATIONS, AugmentConfig, augment, gaussian_blur, inpaint_region,
                                       jpeg_compress, resize_image, resize_mask)
-from diffiml_cli.data.readers import training_sample
+from diffiml_cli.data.readers import CROP_STREAM, training_sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import list_images, load_rgb
 
@@ -311,13 +311,15 @@ class SyntheticDataset(Dataset):
     """SyntheticManipulations as a torch dataset with PairDataset's items.
 
     Item i of epoch e is sample e * length + i (a fresh edit every epoch), optionally augmented
-    with a generator seeded by (seed, e, i), then resized to (image_size, image_size).
+    with a generator seeded by (seed, e, i), then resized to (image_size, image_size), or with `crop`
+    cut to a window of that size at native resolution.
     """
 
     def __init__(self, manipulations: SyntheticManipulations, *, image_size: int, length: int,
-                 augment: AugmentConfig | None = None, edge_width: int = 7) -> None:
+                 augment: AugmentConfig | None = None, edge_width: int = 7, crop: bool = False) -> None:
         self.manipulations = manipulations
         self.image_size = image_size
+        self.crop = crop
         self.length = length
         self.augment = augment
         self.edge_width = edge_width
@@ -337,4 +339,7 @@ class SyntheticDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.manipulations.seed, self.epoch, index])
             image, mask = augment(image, mask, rng, self.augment)
-        return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width)
+        crop_rng = (np.random.default_rng([self.manipulations.seed, self.epoch, index, CROP_STREAM])
+                    if self.crop else None)
+        return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width,
+                               crop_rng=crop_rng)
