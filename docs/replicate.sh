@@ -10,7 +10,9 @@ mkdir -p "$OUT/eval"
 [ -d "$HELDOUT/Tp" ] || python docs/make_heldout.py "$DATA/authentic/kodak24" "$HELDOUT"
 
 # Every arm: the same preset, size, backbone weights, data stream (seed 0), steps and batch: the same samples seen.
-COMMON=(--synthetic-from "$DATA/authentic/bsds500" --preset tiny --image-size 256 --backbone-weights efficientnet-lite0
+# --resolution resize: the runs recorded in docs/replication.md predate the native-resolution tiny preset.
+COMMON=(--synthetic-from "$DATA/authentic/bsds500" --preset tiny --image-size 256 --resolution resize
+        --backbone-weights efficientnet-lite0
         --steps "$STEPS" --batch-size 8 --lr 3e-4 --warmup-steps 30 --ema 0.99 --save-every 50 --val-every 100000
         --num-workers 1 --seed 0)
 declare -A ARMS=(

@@ -30,6 +30,7 @@ def test_default_checkpoint_is_small_self_describing_and_loads():
     assert weights.stat().st_size <= 25 * 2**20
     localizer, config = load_localizer(default_checkpoint())
     assert config.encoder.backbone == "tf_efficientnet_lite0"
+    assert config.resolution == "native"  # the model card's results are at native resolution
     assert load_mask_vae(default_checkpoint_dir("lightvae")).config.latent_channels == 4
 
 
