@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_to_dict
 from diffiml_cli.errors import DiffimlError

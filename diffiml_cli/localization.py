@@ -19,7 +19,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from diffiml_cli.checkpoint import atomic_write_bytes
 from diffiml_cli.config import ModelConfig
