@@ -5,8 +5,8 @@
 - `fast`: the same MiT-b3-class encoder with a three-level UNet whose only attention sits at 1/64 of
   the input, so the whole default pipeline (8 steps, N=5) stays under 200 GFLOPs at 512^2.
 - `tiny`: EfficientNet-Lite0 (ImageNet weights available offline) with the fast denoiser, trained on
-  384^2 windows at native resolution and run at each image's own resolution; what the shipped CPU
-  checkpoint uses.
+  256^2 windows at native resolution (they fit inside BSDS500's 321-pixel short side, so no photo is
+  enlarged) and run at each image's own resolution; what the shipped CPU checkpoint uses.
 `diffiml benchmark --preset NAME` prints the measured cost of each.
 """
 
@@ -40,7 +40,7 @@ PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(image_size=512, encoder=_MIT_B3),
     "fast": ModelConfig(image_size=512, encoder=_MIT_B3, denoiser=_FAST_DENOISER),
     # Trained on native-resolution windows and run at each image's own size (`ModelConfig.resolution`).
-    "tiny": ModelConfig(image_size=384, encoder=_EFFICIENTNET_LITE0, denoiser=_FAST_DENOISER, resolution="native"),
+    "tiny": ModelConfig(image_size=256, encoder=_EFFICIENTNET_LITE0, denoiser=_FAST_DENOISER, resolution="native"),
     # For tests only: a random-init, few-thousand-parameter network that runs in milliseconds.
     "test": ModelConfig(
         image_size=64,

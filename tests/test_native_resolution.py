@@ -153,3 +153,23 @@ def test_benchmark_times_a_native_model_at_512_unless_told(monkeypatch, tmp_path
         assert result.exit_code == 0, result.output
     CliRunner().invoke(app, ["benchmark", "--checkpoint", str(tiny_checkpoint), "--json"])
     assert sizes == [512, 128, 64]  # a resize model keeps its own size
+
+
+def test_a_native_synthetic_dataset_yields_unresampled_windows_of_its_edits(photo_folder):
+    from diffiml_cli.data import SyntheticDataset, SyntheticManipulations
+
+    manipulations = SyntheticManipulations(photo_folder, seed=0)
+    # 32 px windows fit every edit (post-processing shrinks a 96 x 128 photo to 48 x 64 at most), so none is enlarged
+    dataset = SyntheticDataset(manipulations, image_size=32, length=4, crop=True)
+    for index in range(4):
+        item = dataset[index]
+        image, mask, _ = manipulations.make(index)  # epoch 0, no augmentation: item i is sample i
+        window = (item["image"] * 255).round().byte().permute(1, 2, 0).numpy()
+        # find where the window sits in the edit, then check its mask there
+        height, width = mask.shape
+        places = [(top, left) for top in range(height - 31) for left in range(width - 31)
+                  if np.array_equal(image[top:top + 32, left:left + 32], window)]
+        assert places, "the item is not a verbatim window of the generated edit"
+        top, left = places[0]
+        np.testing.assert_array_equal(item["mask"][0].numpy() > 0.5, mask[top:top + 32, left:left + 32])
+    assert dataset[1]["image"].equal(dataset[1]["image"])  # deterministic in (seed, epoch, index)

@@ -29,7 +29,7 @@ NEGATIVE = "Negative"  # IMDL-BenCo's mask entry for an authentic image
 MASK_STEM_SUFFIXES = ("", "_gt", "_mask")
 _WEIGHT_SUFFIX = re.compile(r":([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 _FAILURES_SHOWN = 5
-CROP_STREAM = 7  # the crop window's generator, apart from the augmentation's (seed, epoch, index)
+_CROP_STREAM = 7  # the crop window's generator, apart from the augmentation's (seed, epoch, index)
 
 
 @dataclass(frozen=True)
@@ -191,15 +191,17 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
 
 
 def training_sample(image: np.ndarray, mask: np.ndarray, index: int, *, image_size: int,
-                    edge_width: int, crop_rng: np.random.Generator | None = None) -> dict[str, torch.Tensor | int]:
+                    edge_width: int, crop_key: Sequence[int] | None = None) -> dict[str, torch.Tensor | int]:
     """Bring a pair to image_size x image_size and build the model's input dict: resized, or, with
-    `crop_rng`, a window cut at native resolution (`crop_at_native_resolution`).
+    `crop_key` (the item's (seed, epoch, index)), a window cut at native resolution
+    (`crop_at_native_resolution`) whose place is drawn from a generator seeded by that key.
 
     image: (H, W, 3) uint8 RGB; mask: (H, W) bool.
     Returns image (3, S, S) float32 in [0, 1]; mask and edge (1, S, S) float32 in {0, 1}, the edge
     band computed on the resized or cropped mask; index int.
     """
-    if crop_rng is not None:
+    if crop_key is not None:
+        crop_rng = np.random.default_rng([*crop_key, _CROP_STREAM])
         image, mask = crop_at_native_resolution(image, mask, image_size, crop_rng)
     else:
         size = (image_size, image_size)
@@ -244,9 +246,8 @@ class PairDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = augment(image, mask, rng, self.augment)
-        crop_rng = np.random.default_rng([self.seed, self.epoch, index, CROP_STREAM]) if self.crop else None
         return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width,
-                               crop_rng=crop_rng)
+                               crop_key=(self.seed, self.epoch, index) if self.crop else None)
 
 
 class MixedDataset(Dataset):

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from diffiml_cli.data import regions
 from diffiml_cli.data.augment import (INTERPOLATIONS, AugmentConfig, augment, gaussian_blur, inpaint_region,
                                       jpeg_compress, resize_image, resize_mask)
-from diffiml_cli.data.readers import CROP_STREAM, training_sample
+from diffiml_cli.data.readers import training_sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import list_images, load_rgb
 
@@ -339,7 +339,5 @@ class SyntheticDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.manipulations.seed, self.epoch, index])
             image, mask = augment(image, mask, rng, self.augment)
-        crop_rng = (np.random.default_rng([self.manipulations.seed, self.epoch, index, CROP_STREAM])
-                    if self.crop else None)
         return training_sample(image, mask, index, image_size=self.image_size, edge_width=self.edge_width,
-                               crop_rng=crop_rng)
+                               crop_key=(self.manipulations.seed, self.epoch, index) if self.crop else None)
