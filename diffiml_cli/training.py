@@ -56,6 +56,9 @@ class TrainOptions:
     batch_size: int = 8
     learning_rate: float = 1e-4
     weight_decay: float = 0.05
+    # The pretrained backbone's learning rate as a fraction of learning_rate; 0 freezes it (weights and
+    # BatchNorm statistics), keeping its ImageNet features while the head and denoiser learn.
+    backbone_lr_scale: float = 1.0
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables the EMA; 0.999 is typical for long runs
@@ -137,8 +140,8 @@ class Trainer:
             self.objective = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=[self.context.local_rank] if device.type == "cuda" else None
             )
-        trainable = [p for p in self.localizer.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=options.learning_rate,
+                                           weight_decay=options.weight_decay)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: warmup_cosine(step, warmup_steps=options.warmup_steps, total_steps=options.steps),
@@ -157,6 +160,28 @@ class Trainer:
         self.batches_per_epoch = len(train_data) // self.context.world_size // options.batch_size
         if self.batches_per_epoch == 0:
             raise DiffimlError("not enough training data for one batch per process")
+
+    def _parameter_groups(self) -> list[dict]:
+        """One group, or two when the backbone learns at its own rate (freezing it when the rate is 0)."""
+        scale = self.options.backbone_lr_scale
+        if scale < 0:
+            raise DiffimlError(f"the backbone learning-rate scale must be >= 0, got {scale}")
+        if scale == 0:
+            self.localizer.encoder.backbone.requires_grad_(False)
+        trainable = [p for p in self.localizer.parameters() if p.requires_grad]
+        if scale in (0.0, 1.0):  # one group keeps the optimizer state of older runs resumable
+            return [{"params": trainable}]
+        backbone = {id(p) for p in self.localizer.encoder.backbone.parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) not in backbone]},
+            {"params": [p for p in trainable if id(p) in backbone], "lr": self.options.learning_rate * scale},
+        ]
+
+    def _train_mode(self) -> None:
+        """train() everything but a frozen backbone, whose BatchNorm keeps its ImageNet statistics."""
+        self.objective.train()
+        if self.options.backbone_lr_scale == 0:
+            self.localizer.encoder.backbone.eval()
 
     # ----- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -222,7 +247,7 @@ class Trainer:
         """One optimisation step of Algorithm 1 on `batch`; returns the logged numbers."""
         image = batch["image"].to(self.device, non_blocking=True)
         mask = batch["mask"].to(self.device)
-        self.objective.train()
+        self._train_mode()
         if self.discriminative:  # the Table 5 baseline: predict the mask directly
             with self._autocast():
                 logits = self.objective(image)
@@ -331,7 +356,7 @@ class Trainer:
             prediction = predictor.predict(batch["image"], self.options.val_sampling)
             for probability, mask, score in zip(prediction.probability, batch["mask"], prediction.image_score):
                 accumulator.add(probability[0], mask[0] > 0.5, float(score))
-        self.localizer.train()
+        self._train_mode()
         summary = accumulator.summary()
         return {f"val_{key}": summary[key] for key in ("pixel_f1", "oracle_f1", "authentic_pixel_fpr") if key in summary} | {
             "val_f1": summary["pixel_f1"]

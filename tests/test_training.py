@@ -69,6 +69,36 @@ def test_loss_weights_mask_and_edge_latents_by_alpha():
     assert loss.item() == pytest.approx(0.2 * 1 + 0.8 * 4)
 
 
+def _batch(trainer: Trainer) -> dict:
+    batch = {k: torch.stack([trainer.train_data[i][k] for i in range(4)]) for k in ("image", "mask", "edge")}
+    batch["index"] = torch.arange(4)
+    return batch
+
+
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(tmp_path):
+    trainer = _trainer(tmp_path, steps=3, learning_rate=1e-3, backbone_lr_scale=0.0)
+    backbone, head = trainer.localizer.encoder.backbone, trainer.localizer.denoiser
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}  # includes BatchNorm running statistics
+    head_before = [p.clone() for p in head.parameters()]
+    batch = _batch(trainer)
+    for _ in range(3):
+        trainer.train_step(batch)
+    assert any("running_mean" in k for k in before)
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, head.parameters()))
+    assert not backbone.training and trainer.localizer.denoiser.training
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_rate(tmp_path):
+    trainer = _trainer(tmp_path, steps=10, learning_rate=1e-3, backbone_lr_scale=0.1)
+    rest, backbone_group = trainer.optimizer.param_groups
+    backbone_ids = {id(p) for p in trainer.localizer.encoder.backbone.parameters()}
+    assert {id(p) for p in backbone_group["params"]} == backbone_ids
+    assert not backbone_ids & {id(p) for p in rest["params"]}
+    assert backbone_group["lr"] == pytest.approx(0.1 * rest["lr"])  # the warm-up scales both alike
+    assert len(_trainer(tmp_path, steps=10).optimizer.param_groups) == 1  # the default: one group, as before
+
+
 def test_overfits_one_fixed_batch(tmp_path):
     trainer = _trainer(tmp_path, steps=300, learning_rate=3e-3)
     batch = {k: torch.stack([trainer.train_data[i][k] for i in range(4)]) for k in ("image", "mask", "edge")}

@@ -44,6 +44,8 @@ def train(
                           "Default: the preset's, or the --init checkpoint's.")] = None,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    backbone_lr_scale: Annotated[float, typer.Option(help="The backbone's learning rate as a fraction of --lr; 0 freezes "
+                                                     "it (weights and BatchNorm statistics).", min=0.0)] = 1.0,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.")] = 100,
     ema: Annotated[float, typer.Option(help="EMA decay of the weights; 0 disables.")] = 0.0,
     prior_rate: Annotated[float, typer.Option(help="Error-prior rate lambda.")] = 0.1,
@@ -88,6 +90,7 @@ def train(
         steps = epochs * (len(train_data) // int(os.environ.get("WORLD_SIZE", "1")) // batch_size)
     options = TrainOptions(
         out_dir=out, steps=max(1, steps), batch_size=batch_size, learning_rate=lr, weight_decay=weight_decay,
+        backbone_lr_scale=backbone_lr_scale,
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
     )
