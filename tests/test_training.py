@@ -101,8 +101,7 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_rate(tmp_path):
 
 def test_overfits_one_fixed_batch(tmp_path):
     trainer = _trainer(tmp_path, steps=300, learning_rate=3e-3)
-    batch = {k: torch.stack([trainer.train_data[i][k] for i in range(4)]) for k in ("image", "mask", "edge")}
-    batch["index"] = torch.arange(4)
+    batch = _batch(trainer)
 
     def fixed_loss() -> float:  # the same timesteps and noise every time, spanning the schedule
         generator = torch.Generator().manual_seed(123)
