@@ -373,9 +373,11 @@ def build_training_data(
     edge_width: int = 7,
     synthetic_length: int = 4096,
     crop: bool = False,
+    synthetic_kinds: Sequence[str] | None = None,
 ) -> Dataset:
     """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
-    `crop` cuts image_size windows at native resolution instead of resizing (a "native" model)."""
+    `crop` cuts image_size windows at native resolution instead of resizing (a "native" model);
+    `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS)."""
     from diffiml_cli.data import MixedDataset, PairDataset, SyntheticDataset, SyntheticManipulations
     from diffiml_cli.data import parse_weighted_specs, validate_pairs
 
@@ -386,7 +388,7 @@ def build_training_data(
                                     crop=crop))
         weights.append(weight)
     for folder in synthetic_dirs:
-        manipulations = SyntheticManipulations(folder, seed=seed)
+        manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds)
         datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length,
                                          augment=augment, edge_width=edge_width, crop=crop))
         weights.append(1.0)

@@ -20,7 +20,8 @@ from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
-from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
+from diffiml_cli.training import (STATE_NAME, TrainOptions, Trainer, build_training_data, epoch_indices,
+                                  warmup_cosine)
 
 
 class _Squares(Dataset):
@@ -228,3 +229,29 @@ def test_train_init_continues_from_a_localizer_checkpoint(tmp_path, photo_folder
     for a, b in zip(start.state_dict().values(), trained.state_dict().values()):
         if a.is_floating_point() and a.dim() > 1:  # weights; BatchNorm statistics move even at lr 0
             torch.testing.assert_close(a, b)
+
+
+def test_synthetic_kinds_restrict_the_training_edits(photo_folder):
+    def kinds_drawn(dataset):
+        return {dataset.manipulations.make(index)[2] for index in range(24)}
+
+    every_kind = build_training_data([], [photo_folder], image_size=64, seed=0, augment=None)
+    copy_moves = build_training_data([], [photo_folder], image_size=64, seed=0, augment=None,
+                                     synthetic_kinds=["copy_move"])
+    assert {"splice", "copy_move", "inpaint"} <= kinds_drawn(every_kind)
+    drawn = kinds_drawn(copy_moves)
+    assert "copy_move" in drawn and "splice" not in drawn
+    assert drawn <= {"copy_move", "authentic", "inpaint"}  # inpaint only as the fallback when nothing fits
+
+
+@pytest.mark.parametrize(("kinds", "message"), [("splice,blur", "unknown manipulation kind"),
+                                                (" , ", "names no edit")])
+def test_train_rejects_bad_synthetic_kinds_before_training(tmp_path, photo_folder, tiny_checkpoint, kinds, message):
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _train_command(photo_folder, tiny_checkpoint, out, 1, "--synthetic-kinds", kinds))
+    assert result.exit_code != 0 and message in result.output
+    assert not out.exists()

@@ -26,6 +26,8 @@ from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, build_traini
 def train(
     data: Annotated[list[str], typer.Option("--data", help="IMDL-BenCo JSON or Tp/Gt(/Au) folder, optionally PATH:WEIGHT. Repeatable.")] = [],  # noqa: B006
     synthetic_from: Annotated[list[Path], typer.Option("--synthetic-from", help="A folder of authentic photos to manipulate on the fly. Repeatable.")] = [],  # noqa: B006
+    synthetic_kinds: Annotated[str | None, typer.Option(help="Comma-separated synthetic edits to train on: splice, "
+                               "copy_move, inpaint (default: all three, equally often). Validation keeps all three.")] = None,
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
@@ -82,7 +84,8 @@ def train(
 
     crop = config.resolution == "native"
     train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed,
-                                     augment=AugmentConfig(), crop=crop)
+                                     augment=AugmentConfig(), crop=crop,
+                                     synthetic_kinds=_split_kinds(synthetic_kinds))
     val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")
@@ -99,6 +102,16 @@ def train(
         _fit(trainer, out, resume=resume)
     finally:
         trainer.close()
+
+
+def _split_kinds(kinds: str | None) -> list[str] | None:
+    """'splice, copy_move' -> ['splice', 'copy_move']; None keeps the generator's default."""
+    if kinds is None:
+        return None
+    names = [name.strip() for name in kinds.split(",") if name.strip()]
+    if not names:
+        raise DiffimlError("--synthetic-kinds names no edit; give e.g. splice,copy_move")
+    return names
 
 
 def _fit(trainer: Trainer, out: Path, *, resume: bool) -> None:
