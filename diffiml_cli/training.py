@@ -374,10 +374,12 @@ def build_training_data(
     synthetic_length: int = 4096,
     crop: bool = False,
     synthetic_kinds: Sequence[str] | None = None,
+    other_camera_donors: bool = False,
 ) -> Dataset:
     """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
     `crop` cuts image_size windows at native resolution instead of resizing (a "native" model);
-    `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS)."""
+    `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS);
+    `other_camera_donors` re-renders splice donors as another camera would (see SyntheticManipulations)."""
     from diffiml_cli.data import MixedDataset, PairDataset, SyntheticDataset, SyntheticManipulations
     from diffiml_cli.data import parse_weighted_specs, validate_pairs
 
@@ -388,7 +390,8 @@ def build_training_data(
                                     crop=crop))
         weights.append(weight)
     for folder in synthetic_dirs:
-        manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds)
+        manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds,
+                                               other_camera_donors=other_camera_donors)
         datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length,
                                          augment=augment, edge_width=edge_width, crop=crop))
         weights.append(1.0)

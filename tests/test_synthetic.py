@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffiml_cli.data import SyntheticDataset, SyntheticManipulations, random_mask, regions
-from diffiml_cli.data.augment import jpeg_compress
+from diffiml_cli.data.augment import DEMOSAICS, bayer_mosaic, jpeg_compress, render_as_other_camera
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import load_rgb
 
@@ -52,9 +52,11 @@ def photos_with_segments(photos: Path) -> Path:
     return photos
 
 
-@pytest.mark.parametrize("kind", ["splice", "copy_move", "inpaint"])
-def test_mask_matches_changed_pixels(photos_with_segments, kind):
-    maker = SyntheticManipulations(photos_with_segments, seed=1, authentic_share=0.0, post_process=False, kinds=[kind])
+@pytest.mark.parametrize(("kind", "other_camera_donors"),
+                         [("splice", False), ("splice", True), ("copy_move", False), ("inpaint", False)])
+def test_mask_matches_changed_pixels(photos_with_segments, kind, other_camera_donors):
+    maker = SyntheticManipulations(photos_with_segments, seed=1, authentic_share=0.0, post_process=False, kinds=[kind],
+                                   other_camera_donors=other_camera_donors)
     originals = {path.name: load_rgb(path) for path in maker.photos}
     near_mask = np.ones((5, 5), np.uint8)  # 2 px around the mask
     for index in range(12):
@@ -163,3 +165,32 @@ def test_random_masks_are_varied():
     assert (components == 1).sum() >= 40
     assert (areas < 0.02).sum() >= 20 and (areas > 0.2).sum() >= 10
     assert (areas == 0).any() and (areas == 1).any()
+
+
+def test_bayer_mosaic_is_the_layout_opencvs_demosaicing_expects():
+    smooth = cv2.GaussianBlur(_photo(7), (0, 0), 3.0)
+    mosaic = bayer_mosaic(smooth)
+    assert mosaic[0, 0] == smooth[0, 0, 0] and mosaic[0, 1] == smooth[0, 1, 1] and mosaic[1, 1] == smooth[1, 1, 2]
+    for method in DEMOSAICS:  # a wrong layout swaps colours: errors of 15+ grey levels
+        assert np.abs(cv2.cvtColor(mosaic, method).astype(int) - smooth).mean() < 3
+
+
+def test_render_as_other_camera_is_a_seeded_re_rendering():
+    photo = cv2.GaussianBlur(_photo(3), (0, 0), 2.0)
+    rendered = render_as_other_camera(photo, np.random.default_rng(5))
+    assert rendered.shape == photo.shape and rendered.dtype == np.uint8
+    assert np.array_equal(rendered, render_as_other_camera(photo, np.random.default_rng(5)))
+    changes = np.array([np.abs(render_as_other_camera(photo, np.random.default_rng(seed)).astype(int) - photo).mean()
+                        for seed in range(16)])
+    assert (changes > 0.5).sum() >= 12  # each step is random; now and then none is drawn
+    assert changes.max() < 8  # the same scene, re-rendered, not a new image
+
+
+def test_other_camera_donors_re_render_splices_only(photos):
+    def samples(kind, other_camera_donors):
+        maker = SyntheticManipulations(photos, seed=3, authentic_share=0.0, kinds=[kind],
+                                       other_camera_donors=other_camera_donors)
+        return [maker.make(index)[0] for index in range(4)]
+
+    assert all(np.array_equal(a, b) for a, b in zip(samples("copy_move", False), samples("copy_move", True)))
+    assert not any(np.array_equal(a, b) for a, b in zip(samples("splice", False), samples("splice", True)))

@@ -242,6 +242,9 @@ def test_synthetic_kinds_restrict_the_training_edits(photo_folder):
     drawn = kinds_drawn(copy_moves)
     assert "copy_move" in drawn and "splice" not in drawn
     assert drawn <= {"copy_move", "authentic", "inpaint"}  # inpaint only as the fallback when nothing fits
+    assert not every_kind.manipulations.other_camera_donors
+    camera = build_training_data([], [photo_folder], image_size=64, seed=0, augment=None, other_camera_donors=True)
+    assert camera.manipulations.other_camera_donors
 
 
 @pytest.mark.parametrize(("kinds", "message"), [("splice,blur", "unknown manipulation kind"),

@@ -28,6 +28,8 @@ def train(
     synthetic_from: Annotated[list[Path], typer.Option("--synthetic-from", help="A folder of authentic photos to manipulate on the fly. Repeatable.")] = [],  # noqa: B006
     synthetic_kinds: Annotated[str | None, typer.Option(help="Comma-separated synthetic edits to train on: splice, "
                                "copy_move, inpaint (default: all three, equally often). Validation keeps all three.")] = None,
+    other_camera_donors: Annotated[bool, typer.Option("--other-camera-donors", help="Re-render each splice donor as "
+                                   "another camera would (demosaicing, sharpening, noise). Validation stays plain.")] = False,
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
@@ -85,7 +87,7 @@ def train(
     crop = config.resolution == "native"
     train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed,
                                      augment=AugmentConfig(), crop=crop,
-                                     synthetic_kinds=_split_kinds(synthetic_kinds))
+                                     synthetic_kinds=_split_kinds(synthetic_kinds), other_camera_donors=other_camera_donors)
     val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")

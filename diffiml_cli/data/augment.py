@@ -124,6 +124,41 @@ def inpaint_region(image: np.ndarray, region: np.ndarray, rng: np.random.Generat
     return np.where(region[..., None], filled, image)
 
 
+# OpenCV's demosaicing methods for the RGGB layout `bayer_mosaic` writes (OpenCV names that layout "BG"):
+# bilinear, edge-aware and variable-number-of-gradients, each with its own colour-interpolation trace.
+DEMOSAICS = (cv2.COLOR_BayerBG2RGB, cv2.COLOR_BayerBG2RGB_EA, cv2.COLOR_BayerBG2RGB_VNG)
+
+
+def bayer_mosaic(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 RGGB Bayer mosaic: R at (0, 0), G at (0, 1) and (1, 0), B at (1, 1)."""
+    mosaic = np.empty(image.shape[:2], np.uint8)
+    mosaic[0::2, 0::2] = image[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = image[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = image[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = image[1::2, 1::2, 2]
+    return mosaic
+
+
+def render_as_other_camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photo as another camera might have rendered it: (H, W, 3) uint8 RGB in and out.
+
+    Re-mosaics and demosaics with a random OpenCV method (p = 0.7), unsharp-masks (p = 0.5, sigma
+    0.8..1.6, amount 0.3..1.0) and adds sensor-like noise (p = 0.7, std 1..4 grey levels, one draw per
+    pixel scaled 1 / 0.8 / 1.2 over R, G, B), so a donor pasted into another photo carries a different
+    interpolation, sharpening and noise trace, as a splice between two cameras does.
+    """
+    if rng.random() < 0.7:
+        image = cv2.cvtColor(bayer_mosaic(np.ascontiguousarray(image)), DEMOSAICS[rng.integers(len(DEMOSAICS))])
+    rendered = image.astype(np.float32)
+    if rng.random() < 0.5:
+        blurred = cv2.GaussianBlur(rendered, (0, 0), float(rng.uniform(0.8, 1.6)))
+        rendered += float(rng.uniform(0.3, 1.0)) * (rendered - blurred)
+    if rng.random() < 0.7:
+        noise = rng.normal(0.0, float(rng.uniform(1.0, 4.0)), rendered.shape[:2])
+        rendered = rendered + noise[..., None] * np.array([1.0, 0.8, 1.2])
+    return np.clip(np.round(rendered), 0, 255).astype(np.uint8)
+
+
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from diffiml_cli.data import regions
 from diffiml_cli.data.augment import (INTERPOLATIONS, AugmentConfig, augment, gaussian_blur, inpaint_region,
-                                      jpeg_compress, resize_image, resize_mask)
+                                      jpeg_compress, render_as_other_camera, resize_image, resize_mask)
 from diffiml_cli.data.readers import training_sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import list_images, load_rgb
@@ -185,12 +185,14 @@ class SyntheticManipulations:
     `<photos_dir name>-segments` when it exists. authentic_share: probability of an untouched
     photo. post_process: apply `_post_process` after the edit (to authentic photos too, so that
     recompression alone never signals a manipulation). kinds: manipulation kinds to draw from
-    (default all of MANIPULATION_KINDS, equally often).
+    (default all of MANIPULATION_KINDS, equally often). other_camera_donors: re-render every splice
+    donor with `render_as_other_camera`, so that a splice joins two camera traces (off by default;
+    the draws it adds change every later sample of a seed).
     """
 
     def __init__(self, photos_dir: str | Path, *, segments_dir: str | Path | None = None, seed: int = 0,
                  authentic_share: float = 0.15, post_process: bool = True,
-                 kinds: Sequence[str] | None = None) -> None:
+                 kinds: Sequence[str] | None = None, other_camera_donors: bool = False) -> None:
         self.photos_dir = Path(photos_dir)
         self.photos = list_images([self.photos_dir])
         if segments_dir is None:
@@ -209,6 +211,7 @@ class SyntheticManipulations:
         self.seed = seed
         self.authentic_share = authentic_share
         self.post_process = post_process
+        self.other_camera_donors = other_camera_donors
         # A fixed per-seed order so that consecutive indices walk through every photo.
         self._order = np.random.default_rng([seed]).permutation(len(self.photos))
 
@@ -234,6 +237,8 @@ class SyntheticManipulations:
         count = len(self.photos)
         donor_number = host_number if count == 1 else (host_number + 1 + int(rng.integers(count - 1))) % count
         donor, donor_labels, _ = self._photo(donor_number)
+        if self.other_camera_donors:
+            donor = render_as_other_camera(donor, rng)
         if rng.random() < 0.5:
             # Different JPEG histories: the donor's region keeps a grid and quality unlike the host's.
             host_quality, donor_quality = rng.choice(np.arange(60, 101, 5), size=2, replace=False)
