@@ -187,7 +187,7 @@ class SyntheticManipulations:
     recompression alone never signals a manipulation). kinds: manipulation kinds to draw from
     (default all of MANIPULATION_KINDS, equally often). other_camera_donors: re-render every splice
     donor with `render_as_other_camera`, so that a splice joins two camera traces (off by default;
-    the draws it adds change every later sample of a seed).
+    on, a splice's later random draws shift, so its JPEG history and placement differ too).
     """
 
     def __init__(self, photos_dir: str | Path, *, segments_dir: str | Path | None = None, seed: int = 0,
