@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _docs_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "docs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from docs_scripts import load_docs_script
 
 
 def test_heldout_kinds_name_every_pair_and_score_by_kind_averages_them(tmp_path, photo_folder, capsys):
     heldout = tmp_path / "heldout"
-    _docs_script("make_heldout").main(str(photo_folder), str(heldout))
+    load_docs_script("make_heldout").main(str(photo_folder), str(heldout))
     with open(heldout / "kinds.csv", newline="") as handle:
         kind_of = {row["image"]: row["kind"] for row in csv.DictReader(handle)}
     tampered = {path.name for path in (heldout / "Tp").iterdir()}
@@ -40,7 +31,7 @@ def test_heldout_kinds_name_every_pair_and_score_by_kind_averages_them(tmp_path,
         for name in sorted(authentic):
             writer.writerow(["synthetic", str(heldout / "Au" / name), "False", 0.0])
     capsys.readouterr()  # drop make_heldout's own message
-    _docs_script("score_by_kind").main(str(heldout), str(per_image))
+    load_docs_script("score_by_kind").main(str(heldout), str(per_image))
     output = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in output.splitlines()}
     counts = {kind: sum(kind_of[name] == kind for name in tampered) for kind in lines}
@@ -48,4 +39,4 @@ def test_heldout_kinds_name_every_pair_and_score_by_kind_averages_them(tmp_path,
     assert all(lines[kind][-1] == "0.000" for kind in lines if kind != "splice")
     assert all(int(lines[kind][1]) == counts[kind] for kind in lines) and sum(counts.values()) == len(tampered)
     with pytest.raises(SystemExit, match="no tampered images"):
-        _docs_script("score_by_kind").main(str(heldout), str(per_image), "absent")
+        load_docs_script("score_by_kind").main(str(heldout), str(per_image), "absent")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,18 +9,15 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from docs_scripts import load_docs_script
+
 from diffiml_cli.checkpoint import default_checkpoint, default_checkpoint_dir
 from diffiml_cli.cli.app import app
 from diffiml_cli.models.build import load_localizer, load_mask_vae
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _make_example(tmp_path: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("make_example", REPO / "docs" / "make_example.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(tmp_path)
+    load_docs_script("make_example").main(tmp_path)
     return tmp_path / "example.png"
 
 

@@ -148,7 +148,7 @@ def render_as_other_camera(image: np.ndarray, rng: np.random.Generator) -> np.nd
     interpolation, sharpening and noise trace, as a splice between two cameras does.
     """
     if rng.random() < 0.7:
-        image = cv2.cvtColor(bayer_mosaic(np.ascontiguousarray(image)), DEMOSAICS[rng.integers(len(DEMOSAICS))])
+        image = cv2.cvtColor(bayer_mosaic(image), DEMOSAICS[rng.integers(len(DEMOSAICS))])
     rendered = image.astype(np.float32)
     if rng.random() < 0.5:
         blurred = cv2.GaussianBlur(rendered, (0, 0), float(rng.uniform(0.8, 1.6)))
