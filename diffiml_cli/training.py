@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,8 @@ class TrainOptions:
     log_every: int = 10
     num_workers: int = 0
     val_sampling: SamplingOptions = SamplingOptions(steps=8, ensemble=1)
+    # What the run trains and validates on (sources, edit kinds, init), as given; train_config.json records it.
+    data_sources: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ once at import time; conftest is imported before any test module, so they are se
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,11 @@ from diffiml_cli.presets import get_preset  # noqa: E402
 
 FAKE_HUB_CACHE = Path(os.environ["HF_HUB_CACHE"])
 FAKE_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Remove the fake Hub cache (tens of MB of checkpoints) so that test runs do not pile up in /tmp."""
+    shutil.rmtree(FAKE_HUB_CACHE, ignore_errors=True)
 
 
 def add_to_fake_hub(repo_id: str, files: dict[str, Path], revision: str = FAKE_REVISION, ref: str = "main") -> Path:

@@ -66,7 +66,7 @@ def test_mask_vae_loads_from_a_localizer_checkpoint(tiny_checkpoint):
 
 
 def test_hub_id_resolves_from_the_offline_cache_with_and_without_revision(hub_checkpoint_id, tiny_checkpoint):
-    from tests.conftest import FAKE_REVISION
+    from conftest import FAKE_REVISION
 
     for source in (hub_checkpoint_id, f"{hub_checkpoint_id}@main", f"{hub_checkpoint_id}@{FAKE_REVISION}"):
         weights = resolve_checkpoint(source)

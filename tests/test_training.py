@@ -215,15 +215,19 @@ def test_torchrun_two_processes_on_gloo_see_disjoint_data(tmp_path, photo_folder
     assert (out / "final" / "model.safetensors").is_file() and (out / STATE_NAME).is_file()
 
 
-def test_train_init_continues_from_a_localizer_checkpoint(tmp_path, photo_folder, tiny_checkpoint):
+def test_train_init_continues_from_a_localizer_checkpoint_and_records_its_data(tmp_path, photo_folder, tiny_checkpoint):
     from typer.testing import CliRunner
 
     from diffiml_cli.cli.app import app
 
     out = tmp_path / "init"
-    command = _train_command(photo_folder, tiny_checkpoint, out, 1, "--init", str(tiny_checkpoint), "--lr", "0")
+    command = _train_command(photo_folder, tiny_checkpoint, out, 1, "--init", str(tiny_checkpoint), "--lr", "0",
+                             "--synthetic-kinds", "splice,copy_move", "--other-camera-donors")
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
+    sources = json.loads((out / "train_config.json").read_text())["train"]["data_sources"]
+    assert sources["synthetic_from"] == [str(photo_folder)] and sources["init"] == str(tiny_checkpoint)
+    assert sources["synthetic_kinds"] == ["splice", "copy_move"] and sources["other_camera_donors"] is True
     start, _ = load_localizer(tiny_checkpoint)
     trained, _ = load_localizer(out / "final")
     for a, b in zip(start.state_dict().values(), trained.state_dict().values()):

@@ -98,6 +98,9 @@ def train(
         backbone_lr_scale=backbone_lr_scale,
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
+        data_sources={"data": data, "synthetic_from": [str(path) for path in synthetic_from],
+                      "synthetic_kinds": _split_kinds(synthetic_kinds) or "all", "other_camera_donors": other_camera_donors,
+                      "val": val, "init": init, "backbone_weights": backbone_weights, "vae": vae},
     )
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=torch_device)
     try:
