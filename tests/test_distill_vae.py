@@ -16,20 +16,18 @@ from conftest import add_to_fake_hub
 from diffiml_cli.cli import distill_vae as distill_cli
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import MaskVAEConfig
-from diffiml_cli.distillation import (
+from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae, reconstruction_l1
+from diffiml_cli.mask_targets import (
     CALIBRATION_STREAM,
     TRAIN_STREAM,
-    DistillSettings,
-    StepStats,
+    ReconstructionReport,
+    ReconstructionScores,
     TrainingTargets,
-    distill_vae,
     held_out_targets,
-    load_teacher,
     raw_latent_std,
-    reconstruction_l1,
     recalibrate_batch_norm,
-    teacher_latent,
 )
+from diffiml_cli.sd_teacher import load_teacher, teacher_latent
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import load_mask_vae
 from diffiml_cli.models.mask_vae import MaskVAE
@@ -187,7 +185,7 @@ def test_training_targets_are_deterministic_and_mix_dataset_masks(tmp_path):
     mask[10:40, 20:50] = 255
     Image.fromarray(np.zeros((60, 90, 3), np.uint8)).save(root / "Tp" / "a.png")
     Image.fromarray(mask).save(root / "Gt" / "a.png")
-    from diffiml_cli.distillation import load_data_masks
+    from diffiml_cli.mask_targets import load_data_masks
 
     data = load_data_masks([str(root)])
     targets = TrainingTargets(32, seed=3, stream=TRAIN_STREAM, data_masks=data, data_share=1.0, edge_share=0.0)
@@ -203,13 +201,10 @@ def test_training_targets_are_deterministic_and_mix_dataset_masks(tmp_path):
 
 def test_cli_passes_options_and_prints_report(monkeypatch, tmp_path):
     received = {}
-    report = type("R", (), {})()
 
     def fake_run(settings, out, *, resume, device, on_step):
         received.update(settings=settings, out=out, resume=resume, device=device)
         on_step(StepStats(step=1, steps=settings.steps, l1=0.5, latent_mse=None, lr=1e-3))
-        from diffiml_cli.distillation import DistillResult, ReconstructionReport, ReconstructionScores
-
         row = ReconstructionScores("masks", 3, 0.99, 0.98, 0.9, 0.0, 1)
         report = ReconstructionReport(32, 1.7, 1.0, (row, dataclasses.replace(row, kind="edges")))
         return DistillResult(out_dir=out, report=report, steps=settings.steps, resumed_from=0, seconds=1.0)

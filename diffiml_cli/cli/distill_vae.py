@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from diffiml_cli.cli.common import DeviceOption, stderr
-from diffiml_cli.distillation import DEFAULT_TEACHER, DistillResult, DistillSettings, StepStats, distill_vae as run_distillation
+from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae as run_distillation
+from diffiml_cli.sd_teacher import DEFAULT_TEACHER
 from diffiml_cli.inference import resolve_device
 
 _SMOOTHING = 0.98  # exponential moving average of the losses shown on the progress bar
