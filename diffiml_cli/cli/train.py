@@ -85,9 +85,10 @@ def train(
         load_backbone_weights(localizer.encoder, backbone_weights)
 
     crop = config.resolution == "native"
+    kinds = _split_kinds(synthetic_kinds)
     train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed,
                                      augment=AugmentConfig(), crop=crop,
-                                     synthetic_kinds=_split_kinds(synthetic_kinds), other_camera_donors=other_camera_donors)
+                                     synthetic_kinds=kinds, other_camera_donors=other_camera_donors)
     val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")
@@ -99,7 +100,7 @@ def train(
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
         data_sources={"data": data, "synthetic_from": [str(path) for path in synthetic_from],
-                      "synthetic_kinds": _split_kinds(synthetic_kinds) or "all", "other_camera_donors": other_camera_donors,
+                      "synthetic_kinds": kinds or "all", "other_camera_donors": other_camera_donors,
                       "val": val, "init": init, "backbone_weights": backbone_weights, "vae": vae},
     )
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=torch_device)
