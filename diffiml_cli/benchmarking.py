@@ -9,6 +9,8 @@ Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DD
 runs the condition encoder V times, the denoiser T * N * V times (one batch, counted per member), and the
 mask VAE decoder V * (1 + N) times (the ensemble-mean latent, plus each member for the uncertainty map).
 A discriminative checkpoint runs the encoder and its segmentation head V times, and nothing else.
+The copy-move cue (`models/copy_move_cue.py`), when a checkpoint has it, runs OpenCV SIFT inside the
+encoder; that is not a torch operator, so its work is in the timings but not in the FLOPs.
 
 Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in milliseconds):
 

@@ -46,6 +46,9 @@ class ConditionEncoderConfig:
     # Epsilon of every backbone LayerNorm; None keeps timm's (1e-6 in pvt_v2 blocks). MiT weights from
     # transformers (`nvidia/mit-b3`) are computed there with 1e-5 everywhere.
     layer_norm_eps: float | None = None
+    # Add the copy-move cue of `models/copy_move_cue.py` (SIFT matches of the image with itself) to the
+    # condition. Checkpoints older than this field have none.
+    copy_move_cue: bool = False
 
 
 @dataclass(frozen=True)

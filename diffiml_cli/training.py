@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -363,56 +363,3 @@ class Trainer:
         return {f"val_{key}": summary[key] for key in ("pixel_f1", "oracle_f1", "authentic_pixel_fpr") if key in summary} | {
             "val_f1": summary["pixel_f1"]
         }
-
-
-def build_training_data(
-    data_specs: Sequence[str],
-    synthetic_dirs: Sequence[str | Path],
-    *,
-    image_size: int,
-    seed: int,
-    augment,
-    edge_width: int = 7,
-    synthetic_length: int = 4096,
-    crop: bool = False,
-    synthetic_kinds: Sequence[str] | None = None,
-    other_camera_donors: bool = False,
-) -> Dataset:
-    """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
-    `crop` cuts image_size windows at native resolution instead of resizing (a "native" model);
-    `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS);
-    `other_camera_donors` re-renders splice donors as another camera would (see SyntheticManipulations)."""
-    from diffiml_cli.data import MixedDataset, PairDataset, SyntheticDataset, SyntheticManipulations
-    from diffiml_cli.data import parse_weighted_specs, validate_pairs
-
-    datasets, weights = [], []
-    for pairs, weight in parse_weighted_specs(list(data_specs)):
-        validate_pairs(pairs)  # a bad manifest fails now, before any training step
-        datasets.append(PairDataset(pairs, image_size=image_size, augment=augment, edge_width=edge_width, seed=seed,
-                                    crop=crop))
-        weights.append(weight)
-    for folder in synthetic_dirs:
-        manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds,
-                                               other_camera_donors=other_camera_donors)
-        datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length,
-                                         augment=augment, edge_width=edge_width, crop=crop))
-        weights.append(1.0)
-    if not datasets:
-        raise DiffimlError("no training data: give --data SPEC and/or --synthetic-from DIR")
-    if len(datasets) == 1:
-        return datasets[0]
-    return MixedDataset(datasets, weights, length=sum(len(d) for d in datasets), seed=seed)
-
-
-def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64, crop: bool = False) -> Dataset:
-    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training) or a dataset SPEC,
-    resized or (`crop`) cut to image_size windows at native resolution, as the model trains."""
-    from diffiml_cli.data import PairDataset, SyntheticDataset, SyntheticManipulations, load_spec, validate_pairs
-
-    if spec.startswith("synthetic:"):
-        folder, _, count = spec.removeprefix("synthetic:").partition(":")
-        manipulations = SyntheticManipulations(folder, seed=seed + 1_000_003)
-        return SyntheticDataset(manipulations, image_size=image_size, length=int(count or limit), crop=crop)
-    pairs = load_spec(spec)[:limit]
-    validate_pairs(pairs)
-    return PairDataset(pairs, image_size=image_size, augment=None, crop=crop)

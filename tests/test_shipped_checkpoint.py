@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from docs_scripts import load_docs_script
+from test_copy_move_cue import copy_moved_texture
 
 from diffiml_cli.checkpoint import default_checkpoint, default_checkpoint_dir
 from diffiml_cli.cli.app import app
-from diffiml_cli.models.build import load_localizer, load_mask_vae
+from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.models.build import load_localizer, load_mask_vae, with_copy_move_cue
 
 
 def _make_example(tmp_path: Path) -> Path:
@@ -27,6 +30,7 @@ def test_default_checkpoint_is_small_self_describing_and_loads():
     localizer, config = load_localizer(default_checkpoint())
     assert config.encoder.backbone == "tf_efficientnet_lite0"
     assert config.resolution == "native"  # the model card's results are at native resolution
+    assert config.encoder.copy_move_cue and localizer.encoder.copy_move_cue is not None
     assert load_mask_vae(default_checkpoint_dir("lightvae")).config.latent_channels == 4
 
 
@@ -41,3 +45,22 @@ def test_localize_with_no_checkpoint_option_uses_the_shipped_model_offline(tmp_p
     report = json.loads((out / "results.json").read_text())
     assert report["run"]["checkpoint"] == str(default_checkpoint())
     assert report["images"][0]["status"] == "ok"
+
+
+def test_the_shipped_cue_is_what_finds_a_copy_move_with_no_other_trace():
+    """A block of a noise texture copied elsewhere in it leaves no seam, colour or camera trace: only
+    the repetition. The shipped weights mark it; the same weights without the cue branch do not."""
+    image, _, _ = copy_moved_texture(3)
+    truth = np.zeros(image.shape[:2], bool)
+    truth[43:107, 63:127] = True
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    localizer, config = load_localizer(default_checkpoint())
+    without_cue, _ = with_copy_move_cue(localizer, config, False)
+    inside = {}
+    for name, model in (("cue", localizer), ("no cue", without_cue)):
+        predictor = Predictor(model.float(), config.diffusion, device=torch.device("cpu"))
+        probability = predictor.predict(pixels, SamplingOptions(steps=8, ensemble=5, seed=0)).probability[0, 0].numpy()
+        inside[name] = probability[truth].mean()
+        if name == "cue":
+            assert inside[name] > 2 * probability[~truth].mean()
+    assert inside["cue"] > 0.45 and inside["no cue"] < 0.3, inside

@@ -17,11 +17,11 @@ from torch.utils.data import Dataset
 
 from diffiml_cli.checkpoint import load_training_state
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
+from diffiml_cli.data.training_sets import build_training_data
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
-from diffiml_cli.training import (STATE_NAME, TrainOptions, Trainer, build_training_data, epoch_indices,
-                                  warmup_cosine)
+from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
 
 
 class _Squares(Dataset):

@@ -121,6 +121,9 @@ def _render(result: dict[str, Any], console: Console) -> None:
         f"{dev['cpu_threads']} CPU threads, {'fp16' if dev['fp16'] else 'fp32'}"
         f"{', compiled denoiser' if dev['compile'] else ''}, torch {dev['torch']}"
     )
+    if model["config"].get("encoder", {}).get("copy_move_cue"):
+        console.print("The copy-move cue runs OpenCV SIFT on the CPU, once per image: its time is in ms / img, "
+                      "but it is not a tensor operator, so the GFLOPs leave it out.")
     if model["random_init"]:
         console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
 

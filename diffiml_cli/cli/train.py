@@ -15,12 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
 from diffiml_cli.config import ModelConfig
 from diffiml_cli.data import AugmentConfig
+from diffiml_cli.data.training_sets import build_training_data, build_validation_data
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.backbone_weights import load_backbone_weights
-from diffiml_cli.models.build import build_localizer, default_vae, load_localizer, load_mask_vae
+from diffiml_cli.models.build import build_localizer, default_vae, load_localizer, load_mask_vae, with_copy_move_cue
 from diffiml_cli.presets import get_preset
-from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, build_training_data, build_validation_data
+from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer
 
 
 def train(
@@ -38,6 +39,9 @@ def train(
                     "edge latent (the paper's default). --no-edge is the ablation: the mask latent alone.")] = True,
     vae: Annotated[str | None, typer.Option(help="MaskVAE checkpoint from distill-vae (default: the shipped weights/lightvae).")] = None,
     init: Annotated[str | None, typer.Option(help="Start from this localizer checkpoint's weights (and its config), e.g. to train the shipped model further.")] = None,
+    copy_move_cue: Annotated[bool | None, typer.Option("--copy-move-cue/--no-copy-move-cue", help="Give the "
+                             "condition encoder the image's SIFT self-matches, a copy-move cue. With --init, the new "
+                             "branch starts at zero. Default: the preset's, or the --init checkpoint's.")] = None,
     backbone_weights: Annotated[str | None, typer.Option(help="ImageNet init of the backbone: efficientnet-lite0 (bundled), nvidia/mit-b3 or another Hub id, or a local file or folder.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps (or give --epochs).", min=1)] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.", min=1)] = None,
@@ -81,6 +85,8 @@ def train(
         localizer = build_localizer(config)
         if config.kind == "diffusion":
             localizer.vae.load_state_dict(mask_vae.state_dict())
+    if copy_move_cue is not None:
+        localizer, config = with_copy_move_cue(localizer, config, copy_move_cue)
     if backbone_weights:
         load_backbone_weights(localizer.encoder, backbone_weights)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from diffiml_cli.checkpoint import load_checkpoint, load_state_strict
@@ -37,6 +38,23 @@ def load_localizer(source: str | Path, *, allow_pickle: bool = False) -> tuple[A
     localizer = build_localizer(config)
     load_state_strict(localizer, state, source)
     return localizer.eval(), config
+
+
+def with_copy_move_cue(localizer: AnyLocalizer, config: ModelConfig, enabled: bool) -> tuple[AnyLocalizer, ModelConfig]:
+    """The same localizer with a fresh copy-move cue branch (`models/copy_move_cue.py`), or without one.
+
+    Every other weight is kept; a new branch's output starts at zero, so the returned model predicts
+    exactly what `localizer` did.
+    """
+    if config.encoder.copy_move_cue == enabled:
+        return localizer, config
+    config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, copy_move_cue=enabled))
+    extended = build_localizer(config)
+    prefix = "encoder.copy_move_cue."
+    state = {key: value for key, value in localizer.state_dict().items() if not key.startswith(prefix)}
+    fresh = {key: value for key, value in extended.state_dict().items() if key.startswith(prefix)}
+    load_state_strict(extended, {**state, **fresh}, "the copy-move cue")
+    return extended.train(localizer.training), config
 
 
 def load_mask_vae(source: str | Path, *, allow_pickle: bool = False) -> MaskVAE:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffiml_cli.config import ConditionEncoderConfig
+from diffiml_cli.models.copy_move_cue import CopyMoveCue
 
 
 class ConditionEncoder(nn.Module):
@@ -18,7 +19,8 @@ class ConditionEncoder(nn.Module):
 
     Each backbone stage is projected to `embed_channels` by a 1x1 conv, resized to 1/8 of the input
     (the latent resolution), concatenated, and fused by 3x3 conv + BN + ReLU to `out_channels`.
-    The reference fixes the output at 64x64; ours follows the input size.
+    The reference fixes the output at 64x64; ours follows the input size. With `copy_move_cue`, the
+    image's SIFT self-matches (`CopyMoveCue`) add a term to the fused condition.
     """
 
     def __init__(self, config: ConditionEncoderConfig, *, pretrained: bool = False) -> None:
@@ -47,6 +49,7 @@ class ConditionEncoder(nn.Module):
             nn.BatchNorm2d(config.out_channels),
             nn.ReLU(inplace=True),
         )
+        self.copy_move_cue = CopyMoveCue(config.out_channels) if config.copy_move_cue else None
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
@@ -59,4 +62,7 @@ class ConditionEncoder(nn.Module):
             F.interpolate(project(stage), size=latent_size, mode="bilinear", align_corners=False)
             for project, stage in zip(self.stage_projections, stages)
         ]
-        return self.fuse(torch.cat(fused, dim=1))
+        condition = self.fuse(torch.cat(fused, dim=1))
+        if self.copy_move_cue is not None:
+            condition = condition + self.copy_move_cue(image, latent_size)
+        return condition
