@@ -17,7 +17,7 @@ from diffiml_cli.presets import get_preset
 
 
 def _texture(seed: int, size: tuple[int, int] = (256, 384)) -> np.ndarray:
-    """(H, W, 3) uint8: smoothed noise with blobs, textured everywhere and repeated nowhere."""
+    """(H, W, 3) uint8: smoothed colour noise, textured everywhere and repeated nowhere."""
     rng = np.random.default_rng(seed)
     noise = rng.normal(size=(*size, 3)).astype(np.float32)
     smooth = cv2.GaussianBlur(noise, (0, 0), 2.0)
@@ -26,7 +26,7 @@ def _texture(seed: int, size: tuple[int, int] = (256, 384)) -> np.ndarray:
 
 
 def copy_moved_texture(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A texture with its 64^2 block at (150, 250) pasted at (40, 60), 3 px off the 8 px grid; returns
+    """A texture with its 64^2 block at (150, 250) pasted at (43, 63), 3 px off the 8 px grid; returns
     (image, source mask, target mask) at latent resolution (1/8)."""
     image = _texture(seed)
     image[43:107, 63:127] = image[150:214, 250:314].copy()

@@ -46,13 +46,16 @@ def keypoint_matches(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if descriptors is None or len(points) < 3:
         return points, matched
     neighbours = cv2.BFMatcher(cv2.NORM_L2).knnMatch(descriptors, descriptors, k=min(CANDIDATES, len(points)))
-    for query, candidates in enumerate(neighbours):
-        # Loop over keypoints (a few thousand at most), not pixels.
-        far = [match for match in candidates
-               if np.hypot(*(points[match.trainIdx] - points[query])) >= MIN_OFFSET]
-        if len(far) >= 2 and far[0].distance < RATIO * far[1].distance:
-            matched[query] = True
-            matched[far[0].trainIdx] = True
+    # (n, k) candidate indices and descriptor distances, nearest first; k <= n, so every row is full.
+    candidates = np.array([[match.trainIdx for match in row] for row in neighbours])
+    distances = np.array([[match.distance for match in row] for row in neighbours], np.float32)
+    far = np.linalg.norm(points[candidates] - points[:, None], axis=2) >= MIN_OFFSET
+    seen = np.cumsum(far, axis=1)
+    first, second = np.argmax(far & (seen == 1), axis=1), np.argmax(far & (seen == 2), axis=1)
+    rows = np.arange(len(points))
+    good = (seen[:, -1] >= 2) & (distances[rows, first] < RATIO * distances[rows, second])
+    matched[rows[good]] = True
+    matched[candidates[rows[good], first[good]]] = True
     return points, matched
 
 
