@@ -60,6 +60,8 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "when its image score >= 0.5.",
     "trivial_f1": "Baseline: per-image pixel F1 of predicting every pixel manipulated, 2P/(2P+N) for "
     "P manipulated and N authentic pixels, averaged over tampered images.",
+    "pixel_f1_all": "Mean over every image, authentic ones counted: a tampered image scores its pixel F1 at "
+    "0.5, an authentic image 1 when no pixel is predicted manipulated and 0 otherwise.",
     "image_score": "max of the probability map",
     "n_tampered": "Number of evaluated images whose mask has at least one manipulated pixel.",
     "n_authentic": "Number of evaluated images whose mask is empty.",
@@ -372,6 +374,7 @@ class MetricAccumulator:
             "predicted_share": pred.double().mean().item(),
             "any_predicted": bool(pred.any()),
             "trivial_f1": 2 * n_pos / (2 * n_pos + n_neg) if tampered else math.nan,
+            "pixel_f1_all": pixel_f1(pred, target) if tampered else float(not bool(pred.any())),
             "height": int(target.shape[0]),
             "width": int(target.shape[1]),
         }
@@ -416,6 +419,7 @@ class MetricAccumulator:
             "trivial_f1": _nanmean([r["trivial_f1"] for r in tampered]),
             "authentic_pixel_fpr": _nanmean([r["pixel_fpr"] for r in authentic]),
             "authentic_any_rate": _nanmean([float(r["any_predicted"]) for r in authentic]),
+            "pixel_f1_all": _nanmean([r["pixel_f1_all"] for r in self._records]),
             "image_auc": image_auc(scores, labels),
             "image_accuracy": image_accuracy(scores, labels, self.image_threshold),
             "n_tampered": len(tampered),

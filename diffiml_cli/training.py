@@ -45,6 +45,7 @@ from diffiml_cli.objectives import DenoisingObjective, SegmentationObjective, di
 
 STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
+SELECTION_METRICS = ("pixel_f1", "pixel_f1_all")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,15 @@ class TrainOptions:
     log_every: int = 10
     num_workers: int = 0
     val_sampling: SamplingOptions = SamplingOptions(steps=8, ensemble=1)
+    # At least this many untouched photos in every batch (synthetic data only; 0 leaves the make-up to chance).
+    authentic_per_batch: int = 0
+    # The validation number that picks `best/`: pixel_f1 (tampered images only) or pixel_f1_all (authentic
+    # images counted: 1 when nothing is marked), which also rewards fewer false alarms.
+    select_by: str = "pixel_f1"
+
+    def __post_init__(self) -> None:
+        if self.select_by not in SELECTION_METRICS:
+            raise DiffimlError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, got {self.select_by!r}")
     # What the run trains and validates on (sources, edit kinds, init), as given; train_config.json records it.
     data_sources: dict = field(default_factory=dict)
 
@@ -103,6 +113,27 @@ def epoch_indices(length: int, epoch: int, *, seed: int, rank: int, world_size: 
     permutation = np.random.default_rng([seed, epoch]).permutation(length)
     usable = length - length % world_size
     return permutation[:usable][rank::world_size]
+
+
+def with_authentic_per_batch(indices: np.ndarray, authentic: np.ndarray, batch_size: int, per_batch: int) -> np.ndarray:
+    """Reorder `indices` so that each batch of `batch_size` holds at least `per_batch` items whose
+    `authentic[index]` is True, while there are any; the order within each kind is kept.
+
+    indices: (n,) int item numbers in epoch order; authentic: (length,) bool over all items.
+    """
+    if per_batch <= 0:
+        return indices
+    if per_batch > batch_size:
+        raise DiffimlError(f"authentic_per_batch ({per_batch}) exceeds the batch size ({batch_size})")
+    flags = authentic[indices]
+    authentic_pool, edited_pool = list(indices[flags]), list(indices[~flags])
+    ordered: list[int] = []
+    while authentic_pool or edited_pool:
+        # per_batch authentic items, more once the edited ones run out, fewer once the authentic ones do
+        take = min(len(authentic_pool), max(per_batch, batch_size - len(edited_pool)))
+        ordered += authentic_pool[:take] + edited_pool[:batch_size - take]
+        authentic_pool, edited_pool = authentic_pool[take:], edited_pool[batch_size - take:]
+    return np.array(ordered, dtype=indices.dtype)
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -228,6 +259,9 @@ class Trainer:
                 self.train_data.set_epoch(epoch)
             ctx = self.context
             indices = epoch_indices(len(self.train_data), epoch, seed=self.options.seed, rank=ctx.rank, world_size=ctx.world_size)
+            if self.options.authentic_per_batch and hasattr(self.train_data, "authentic_flags"):
+                indices = with_authentic_per_batch(indices, self.train_data.authentic_flags(epoch), batch_size,
+                                                   self.options.authentic_per_batch)
             indices = indices[skip * batch_size : self.batches_per_epoch * batch_size]
             loader = DataLoader(
                 self.train_data,
@@ -304,7 +338,7 @@ class Trainer:
                 if self.val_data is not None and (self.step % options.val_every == 0 or self.step == options.steps):
                     record.update(self.validate())
                     self._log({"step": self.step, **{k: v for k, v in record.items() if k.startswith("val_")}})
-                    self._save_inference_checkpoints(record.get("val_f1", -1.0))
+                    self._save_inference_checkpoints(record.get("val_selection", -1.0))
                 if self.step % options.save_every == 0 or self.step == options.steps:
                     self._save_state()
                 on_step(self.step, record)
@@ -360,6 +394,7 @@ class Trainer:
                 accumulator.add(probability[0], mask[0] > 0.5, float(score))
         self._train_mode()
         summary = accumulator.summary()
-        return {f"val_{key}": summary[key] for key in ("pixel_f1", "oracle_f1", "authentic_pixel_fpr") if key in summary} | {
-            "val_f1": summary["pixel_f1"]
+        keys = ("pixel_f1", "pixel_f1_all", "oracle_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc")
+        return {f"val_{key}": summary[key] for key in keys if key in summary} | {
+            "val_f1": summary["pixel_f1"], "val_selection": summary[self.options.select_by],
         }

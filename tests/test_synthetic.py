@@ -63,7 +63,9 @@ def test_mask_matches_changed_pixels(photos_with_segments, kind, other_camera_do
         sample = maker.make_sample(index)
         assert sample.kind == kind
         original = originals[sample.host_path.name]
-        if kind == "splice":
+        if other_camera_donors:
+            pass  # the host may have been re-rendered as by another camera: see the parity test below
+        elif kind == "splice":
             # The host may have been given a JPEG history first; otherwise it is the photo itself.
             histories = [original] + [jpeg_compress(original, quality) for quality in range(60, 101, 5)]
             assert any(np.array_equal(sample.host, candidate) for candidate in histories)
@@ -194,3 +196,33 @@ def test_other_camera_donors_re_render_splices_only(photos):
 
     assert all(np.array_equal(a, b) for a, b in zip(samples("copy_move", False), samples("copy_move", True)))
     assert not any(np.array_equal(a, b) for a, b in zip(samples("splice", False), samples("splice", True)))
+
+
+def test_other_camera_rendering_reaches_authentic_photos_too(photos):
+    """With other-camera donors, untouched photos are re-rendered as often as hosts, so that another camera's
+    traces alone never mark an image as edited."""
+    maker = SyntheticManipulations(photos, seed=3, authentic_share=1.0, post_process=False, other_camera_donors=True)
+    originals = {path.name: load_rgb(path) for path in maker.photos}
+    rendered = [not np.array_equal(s.image, originals[s.host_path.name]) for s in map(maker.make_sample, range(40))]
+    assert all(not maker.make_sample(i).mask.any() for i in range(5))
+    assert 0.25 <= np.mean(rendered) <= 0.75  # p = 0.5 per photo
+    plain = SyntheticManipulations(photos, seed=3, authentic_share=1.0, post_process=False)
+    assert all(np.array_equal(s.image, originals[s.host_path.name]) for s in map(plain.make_sample, range(10)))
+
+
+def test_excluded_photos_are_never_used_and_hard_negatives_are_favoured(photos):
+    stems = sorted(path.stem for path in photos.iterdir())
+    maker = SyntheticManipulations(photos, seed=0, authentic_share=1.0, exclude=stems[:2],
+                                   hard_negatives=[stems[2]], hard_negative_share=0.8, post_process=False)
+    used = [maker.make_sample(i).host_path.stem for i in range(60)]
+    assert not set(used) & set(stems[:2])
+    assert used.count(stems[2]) / len(used) > 0.6  # 0.8 + 0.2 / (photos left), in expectation
+    with pytest.raises(DiffimlError, match="every photo is excluded"):
+        SyntheticManipulations(photos, exclude=stems)
+
+
+def test_is_authentic_predicts_the_kind_without_making_the_sample(photos):
+    maker = SyntheticManipulations(photos, seed=5, authentic_share=0.4, post_process=False)
+    flags = [maker.is_authentic(i) for i in range(30)]
+    assert flags == [maker.make_sample(i).kind == "authentic" for i in range(30)]
+    assert 0 < sum(flags) < 30

@@ -18,10 +18,12 @@ from torch.utils.data import Dataset
 from diffiml_cli.checkpoint import load_training_state
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
 from diffiml_cli.data.training_sets import build_training_data
+from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import build_localizer, load_localizer
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
-from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
+from diffiml_cli.training import (STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine,
+                                  with_authentic_per_batch)
 
 
 class _Squares(Dataset):
@@ -233,6 +235,22 @@ def test_train_init_continues_from_a_localizer_checkpoint_and_records_its_data(t
     for a, b in zip(start.state_dict().values(), trained.state_dict().values()):
         if a.is_floating_point() and a.dim() > 1:  # weights; BatchNorm statistics move even at lr 0
             torch.testing.assert_close(a, b)
+
+
+def test_every_batch_gets_its_share_of_authentic_items():
+    rng = np.random.default_rng(0)
+    authentic = rng.random(400) < 0.3
+    indices = epoch_indices(400, 0, seed=0, rank=0, world_size=1)
+    ordered = with_authentic_per_batch(indices, authentic, batch_size=8, per_batch=2)
+    assert sorted(ordered.tolist()) == sorted(indices.tolist())  # a reordering, nothing lost or repeated
+    per_batch = authentic[ordered[: len(ordered) // 8 * 8]].reshape(-1, 8).sum(axis=1)
+    full = int(authentic.sum()) // 2  # batches that can get two before the authentic items run out
+    assert (per_batch[:full] >= 2).all()
+    assert (authentic[indices[: len(indices) // 8 * 8]].reshape(-1, 8).sum(axis=1) < 2).any()  # by chance: not
+    edited_order = [i for i in ordered if not authentic[i]]
+    assert edited_order == [i for i in indices if not authentic[i]]
+    with pytest.raises(DiffimlError, match="exceeds the batch size"):
+        with_authentic_per_batch(indices, authentic, batch_size=4, per_batch=5)
 
 
 def test_synthetic_kinds_restrict_the_training_edits(photo_folder):

@@ -32,6 +32,18 @@ def train(
     other_camera_donors: Annotated[bool, typer.Option("--other-camera-donors", help="Re-render each splice donor as "
                                    "another camera would (demosaicing, sharpening, noise). Validation stays plain.")] = False,
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
+    authentic_share: Annotated[float, typer.Option(help="Share of untouched photos among the synthetic samples "
+                               "(also in synthetic validation).", min=0.0, max=1.0)] = 0.15,
+    authentic_per_batch: Annotated[int, typer.Option(help="At least this many untouched photos in every batch "
+                                   "(synthetic data; needs --authentic-share of at least K / --batch-size).", min=0)] = 0,
+    exclude_photos: Annotated[list[Path], typer.Option("--exclude-photos", help="A text file of photo stems (one per "
+                              "line) that --synthetic-from must not use: held-out photos. Repeatable.")] = [],  # noqa: B006
+    hard_negatives: Annotated[Path | None, typer.Option(help="A text file of photo stems that untouched samples "
+                              "favour (natural repetition, busy texture; see docs/mine_hard_negatives.py).")] = None,
+    hard_negative_share: Annotated[float, typer.Option(help="Share of untouched samples taken from --hard-negatives.",
+                                   min=0.0, max=1.0)] = 0.5,
+    select_by: Annotated[str, typer.Option(help="Validation number that picks best/: pixel_f1 (tampered images) or "
+                         "pixel_f1_all (authentic images count 1 when nothing is marked, else 0).")] = "pixel_f1",
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
                      "(the same encoder with a BCE + Dice segmentation head: the paper's Table 5 baseline).")] = None,
@@ -92,10 +104,15 @@ def train(
 
     crop = config.resolution == "native"
     kinds = _split_kinds(synthetic_kinds)
+    excluded = [stem for path in exclude_photos for stem in read_stems(path)]
+    hard = read_stems(hard_negatives) if hard_negatives else []
     train_data = build_training_data(data, synthetic_from, image_size=config.image_size, seed=seed,
                                      augment=AugmentConfig(), crop=crop,
-                                     synthetic_kinds=kinds, other_camera_donors=other_camera_donors)
-    val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop) if val else None
+                                     synthetic_kinds=kinds, other_camera_donors=other_camera_donors,
+                                     authentic_share=authentic_share, exclude=excluded, hard_negatives=hard,
+                                     hard_negative_share=hard_negative_share)
+    val_data = build_validation_data(val, image_size=config.image_size, seed=seed, crop=crop,
+                                     authentic_share=authentic_share) if val else None
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of --steps and --epochs")
     if epochs is not None:  # the LR schedule needs the total up front; torchrun sets WORLD_SIZE
@@ -105,7 +122,10 @@ def train(
         backbone_lr_scale=backbone_lr_scale,
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
-        data_sources={"data": data, "synthetic_from": [str(path) for path in synthetic_from],
+        authentic_per_batch=authentic_per_batch, select_by=select_by,
+        data_sources={"authentic_share": authentic_share, "exclude_photos": [str(p) for p in exclude_photos],
+                      "hard_negatives": str(hard_negatives) if hard_negatives else None,
+                      "hard_negative_share": hard_negative_share,"data": data, "synthetic_from": [str(path) for path in synthetic_from],
                       "synthetic_kinds": kinds or "all", "other_camera_donors": other_camera_donors,
                       "val": val, "init": init, "backbone_weights": backbone_weights, "vae": vae},
     )
@@ -114,6 +134,15 @@ def train(
         _fit(trainer, out, resume=resume)
     finally:
         trainer.close()
+
+
+def read_stems(path: Path) -> list[str]:
+    """The photo stems listed in a text file, one per line ('#' starts a comment)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DiffimlError(f"{path}: cannot read the list of photo stems ({error})") from None
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
 def _split_kinds(kinds: str | None) -> list[str] | None:

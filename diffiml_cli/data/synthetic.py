@@ -15,7 +15,7 @@ that mask so that every changed pixel lies within 2 px of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,15 +186,29 @@ class SyntheticManipulations:
     photo. post_process: apply `_post_process` after the edit (to authentic photos too, so that
     recompression alone never signals a manipulation). kinds: manipulation kinds to draw from
     (default all of MANIPULATION_KINDS, equally often). other_camera_donors: re-render every splice
-    donor with `render_as_other_camera`, so that a splice joins two camera traces (off by default;
-    on, a splice's later random draws shift, so its JPEG history and placement differ too).
+    donor with `render_as_other_camera`, so that a splice joins two camera traces, and every host,
+    authentic photos included, with probability 0.5, so that another camera's rendering alone is no
+    evidence of an edit (off by default; on, later random draws shift, so JPEG histories and
+    placements differ too). exclude: photo stems to leave out (held-out photos). hard_negatives:
+    photo stems that are hard for a localizer when untouched (natural repetition, busy texture);
+    an authentic sample takes its photo from them with probability `hard_negative_share`.
     """
 
     def __init__(self, photos_dir: str | Path, *, segments_dir: str | Path | None = None, seed: int = 0,
                  authentic_share: float = 0.15, post_process: bool = True,
-                 kinds: Sequence[str] | None = None, other_camera_donors: bool = False) -> None:
+                 kinds: Sequence[str] | None = None, other_camera_donors: bool = False,
+                 exclude: Collection[str] = (), hard_negatives: Collection[str] = (),
+                 hard_negative_share: float = 0.5) -> None:
         self.photos_dir = Path(photos_dir)
-        self.photos = list_images([self.photos_dir])
+        excluded = set(exclude)
+        self.photos = [path for path in list_images([self.photos_dir]) if path.stem not in excluded]
+        if not self.photos:
+            raise DiffimlError(f"{self.photos_dir}: every photo is excluded")
+        hard = set(hard_negatives)
+        self._hard_numbers = np.array([n for n, path in enumerate(self.photos) if path.stem in hard], np.int64)
+        if not 0.0 <= hard_negative_share <= 1.0:
+            raise DiffimlError(f"hard negative share must be in [0, 1], got {hard_negative_share}")
+        self.hard_negative_share = hard_negative_share
         if segments_dir is None:
             sibling = self.photos_dir.parent / f"{self.photos_dir.name}-segments"
             segments_dir = sibling if sibling.is_dir() else None
@@ -285,11 +299,15 @@ class SyntheticManipulations:
         """The sample number `index` (any int >= 0), with its host; see SyntheticSample."""
         rng = np.random.default_rng([self.seed, index])
         host_number = int(self._order[index % len(self.photos)])
-        host, labels, host_path = self._photo(host_number)
-        if rng.random() < self.authentic_share:
+        if rng.random() < self.authentic_share:  # the first draw: `is_authentic` repeats it
             kind = "authentic"
+            if len(self._hard_numbers) and rng.random() < self.hard_negative_share:
+                host_number = int(self._hard_numbers[rng.integers(len(self._hard_numbers))])
         else:
             kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        host, labels, host_path = self._photo(host_number)
+        if self.other_camera_donors and rng.random() < 0.5:
+            host = render_as_other_camera(host, rng)
         result = None
         if kind == "splice":
             result, host = self._splice(rng, host, host_number)
@@ -305,6 +323,10 @@ class SyntheticManipulations:
         if self.post_process:
             image, mask = _post_process(rng, image, mask)
         return SyntheticSample(image, mask, kind, host, host_path)
+
+    def is_authentic(self, index: int) -> bool:
+        """Whether sample `index` is an untouched photo, without making it (one random draw)."""
+        return bool(np.random.default_rng([self.seed, index]).random() < self.authentic_share)
 
     def make(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """(image (H, W, 3) uint8 RGB, mask (H, W) bool, kind) for sample `index`."""
@@ -336,6 +358,11 @@ class SyntheticDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def authentic_flags(self, epoch: int) -> np.ndarray:
+        """(length,) bool: which items of `epoch` are untouched photos, for batches of a fixed make-up."""
+        first = epoch * self.length
+        return np.array([self.manipulations.is_authentic(first + i) for i in range(self.length)])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         if not 0 <= index < self.length:

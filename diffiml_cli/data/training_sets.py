@@ -25,11 +25,16 @@ def build_training_data(
     crop: bool = False,
     synthetic_kinds: Sequence[str] | None = None,
     other_camera_donors: bool = False,
+    authentic_share: float = 0.15,
+    exclude: Sequence[str] = (),
+    hard_negatives: Sequence[str] = (),
+    hard_negative_share: float = 0.5,
 ) -> Dataset:
     """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
     `crop` cuts image_size windows at native resolution instead of resizing (a "native" model);
     `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS);
-    `other_camera_donors` re-renders splice donors as another camera would (see SyntheticManipulations)."""
+    `other_camera_donors` re-renders splice donors as another camera would; `authentic_share`, `exclude`,
+    `hard_negatives` and `hard_negative_share` are SyntheticManipulations' (photo stems)."""
     datasets, weights = [], []
     for pairs, weight in parse_weighted_specs(list(data_specs)):
         validate_pairs(pairs)  # a bad manifest fails now, before any training step
@@ -38,7 +43,10 @@ def build_training_data(
         weights.append(weight)
     for folder in synthetic_dirs:
         manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds,
-                                               other_camera_donors=other_camera_donors)
+                                               other_camera_donors=other_camera_donors,
+                                               authentic_share=authentic_share, exclude=exclude,
+                                               hard_negatives=hard_negatives,
+                                               hard_negative_share=hard_negative_share)
         datasets.append(SyntheticDataset(manipulations, image_size=image_size, length=synthetic_length,
                                          augment=augment, edge_width=edge_width, crop=crop))
         weights.append(1.0)
@@ -49,12 +57,14 @@ def build_training_data(
     return MixedDataset(datasets, weights, length=sum(len(d) for d in datasets), seed=seed)
 
 
-def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64, crop: bool = False) -> Dataset:
-    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training) or a dataset SPEC,
-    resized or (`crop`) cut to image_size windows at native resolution, as the model trains."""
+def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int = 64, crop: bool = False,
+                          authentic_share: float = 0.15) -> Dataset:
+    """`synthetic:DIR[:N]` (N held-out synthetic pairs, a seed apart from training, `authentic_share` of them
+    untouched) or a dataset SPEC, resized or (`crop`) cut to image_size windows at native resolution, as
+    the model trains."""
     if spec.startswith("synthetic:"):
         folder, _, count = spec.removeprefix("synthetic:").partition(":")
-        manipulations = SyntheticManipulations(folder, seed=seed + 1_000_003)
+        manipulations = SyntheticManipulations(folder, seed=seed + 1_000_003, authentic_share=authentic_share)
         return SyntheticDataset(manipulations, image_size=image_size, length=int(count or limit), crop=crop)
     pairs = load_spec(spec)[:limit]
     validate_pairs(pairs)
