@@ -15,6 +15,7 @@ from diffiml_cli.errors import DiffimlError
 
 
 MODEL_KINDS = ("diffusion", "discriminative")
+DECODER_UPSAMPLINGS = ("transposed", "resize")
 RESOLUTIONS = ("resize", "native")
 
 
@@ -27,6 +28,20 @@ class MaskVAEConfig:
     # Multiplies raw encoder latents so their std is ~1, which the diffusion noise level assumes.
     # 0.18215 is Stable Diffusion's; a VAE trained without a teacher calibrates its own (1/std).
     scale_factor: float = 0.18215
+    # How the decoder upsamples. "transposed": stride-2 ConvTranspose2d with kernel 3, as the reference; its
+    # uneven overlaps print an 8-pixel checkerboard on decoded maps. "resize": bilinear upsampling, then a
+    # 3x3 convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"): no uneven overlap.
+    decoder_upsampling: str = "transposed"
+    # Widths of the decoder's three upsampling stages' inputs; None mirrors hidden_channels (128, 64, 32).
+    # A resize decoder convolves at the higher resolution, so it is given narrower stages to cost the same.
+    decoder_channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoder_upsampling not in DECODER_UPSAMPLINGS:
+            raise DiffimlError(f"unknown decoder_upsampling {self.decoder_upsampling!r}; "
+                               f"choose one of {', '.join(DECODER_UPSAMPLINGS)}")
+        if self.decoder_channels is not None and len(self.decoder_channels) != len(self.hidden_channels):
+            raise DiffimlError(f"decoder_channels needs {len(self.hidden_channels)} widths, got {self.decoder_channels}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,32 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """The image-level detector (`models/detector.py`) over the condition and the localizer's maps."""
+
+    hidden_channels: int = 64
+    # The evidence map is pooled as the mean of its highest cells: a small edit lights up few cells.
+    top_fractions: tuple[float, ...] = (0.01, 0.1)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The decision threshold on the detection score, chosen by `diffiml calibrate` for a target rate of false
+    alarms on authentic images of a calibration set, and what it measured there."""
+
+    threshold: float  # an image is called manipulated when its detection score >= threshold
+    target_far: float  # the authentic false-alarm rate the threshold was chosen for
+    far: float  # the false-alarm rate it gave on the calibration set's authentic images
+    tpr: float  # the share of the calibration set's tampered images it called manipulated
+    n_authentic: int
+    n_tampered: int
+    data: str = ""  # what the calibration set was
+    sampling: tuple[tuple[str, Any], ...] = ()  # the sampling settings it was calibrated at, as (name, value)
+    # Whether `localize` empties the mask of an image called authentic unless told otherwise (--gate/--no-gate).
+    gate: bool = False
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a localizer: its parts and the input size it was trained at.
 
@@ -103,6 +144,8 @@ class ModelConfig:
     # erase the low-level traces of an edit. Checkpoints older than this field are "resize" models.
     resolution: str = "resize"
     native_max_side: int = 1024
+    detector: DetectorConfig | None = None  # the image-level detector; checkpoints older than it have none
+    calibration: CalibrationConfig | None = None  # its decision threshold, once calibrated
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -119,6 +162,8 @@ class ModelConfig:
             raise DiffimlError(f"image_size must be a multiple of {multiple} for this model, got {self.image_size}")
         if self.native_max_side < multiple:
             raise DiffimlError(f"native_max_side must be at least {multiple}, got {self.native_max_side}")
+        if self.calibration is not None and self.detector is None:
+            raise DiffimlError("a calibration needs a detector: this config has a calibration but no detector")
 
     @property
     def input_multiple(self) -> int:
@@ -150,7 +195,8 @@ def config_from_dict(config_type: type, data: dict[str, Any]) -> Any:
     values = {}
     for name, value in data.items():
         nested_type = _NESTED_TYPES.get((config_type, name))
-        values[name] = config_from_dict(nested_type, value) if nested_type else _as_tuple(value)
+        nested = nested_type is not None and value is not None  # an optional part may be absent (None)
+        values[name] = config_from_dict(nested_type, value) if nested else _as_tuple(value)
     try:
         return config_type(**values)
     except TypeError as error:
@@ -162,4 +208,6 @@ _NESTED_TYPES = {
     (ModelConfig, "encoder"): ConditionEncoderConfig,
     (ModelConfig, "denoiser"): DenoiserConfig,
     (ModelConfig, "diffusion"): DiffusionConfig,
+    (ModelConfig, "detector"): DetectorConfig,
+    (ModelConfig, "calibration"): CalibrationConfig,
 }

@@ -18,6 +18,7 @@ import torch
 from diffiml_cli.config import DiffusionConfig, ModelConfig
 from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import latent_to_probability
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
@@ -48,11 +49,17 @@ class Prediction:
     uncertainty:  (B, 1, H, W) float32 in [0, 0.5], per-pixel std of the N members' probabilities
                  (all 0 for a discriminative model, which makes one deterministic prediction)
     image_score:  (B,) float32 in [0, 1], the maximum of `probability` (the image-level score)
+    evidence:     (B, 1, H/8, W/8) float32 detector evidence logits per latent cell, or None without a detector
+    cells:        (B, 4, H/8, W/8) float32 cell statistics of the maps (`models.detector.cell_maps`), or None
+    detection_score: (B,) float32 in [0, 1], the detector's score of the whole image, or None without one
     """
 
     probability: torch.Tensor
     uncertainty: torch.Tensor
     image_score: torch.Tensor
+    evidence: torch.Tensor | None = None
+    cells: torch.Tensor | None = None
+    detection_score: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,7 +96,8 @@ class Predictor:
         self.localizer.to(memory_format=self.memory_format)
         self.discriminative = isinstance(localizer, DiscriminativeLocalizer)
         if self.discriminative:  # sampling options are ignored: one forward pass per view
-            self.segment = torch.compile(self.localizer, dynamic=False) if compile else self.localizer
+            segment = self.localizer.segment
+            self.segment = torch.compile(segment, dynamic=False) if compile else segment
             return
         self.scheduler = make_scheduler(diffusion)
         # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.
@@ -101,31 +109,65 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
         """images: (B, 3, H, W) float in [0, 1], H and W multiples of the model's `input_multiple`
-        (the image size for a "resize" model) -> Prediction with (B, 1, H, W) maps."""
+        (the image size for a "resize" model) -> Prediction with (B, 1, H, W) maps. The detection score, when
+        the model has a detector, is of the whole (B, 3, H, W) input; `predict_inputs` scores the image alone."""
         B = images.shape[0]
         images = images.to(self.device, non_blocking=True)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
         views = views.contiguous(memory_format=self.memory_format)
         with self._autocast():
+            condition = self.localizer.encoder(views)
             if self.discriminative:  # one forward pass; no members, so no disagreement to report
-                probability = torch.sigmoid(self.segment(views).float())
+                probability = torch.sigmoid(self.segment(condition, views.shape[-2:]).float())
                 uncertainty = torch.zeros_like(probability)
             else:
-                probability, uncertainty = self._sample(views, options)
+                probability, uncertainty = self._sample(condition, options)
         if options.tta:  # flip the mirrored view back and merge by max, as the reference does
             probability = torch.maximum(probability[:B], probability[B:].flip(-1))
             uncertainty = torch.maximum(uncertainty[:B], uncertainty[B:].flip(-1))
+            condition = 0.5 * (condition[:B] + condition[B:].flip(-1))
+        evidence = cells = detection = None
+        if self.localizer.detector is not None:
+            cells = cell_maps(probability, uncertainty)
+            evidence = self.localizer.detector(condition.float(), cells).float()
+            detection = torch.sigmoid(self.localizer.detector.score(evidence, cells)).cpu()
+            evidence, cells = evidence.cpu(), cells.cpu()
         probability = probability.float().cpu()
         return Prediction(
             probability=probability,
             uncertainty=uncertainty.float().cpu(),
             image_score=probability.amax(dim=(1, 2, 3)),
+            evidence=evidence,
+            cells=cells,
+            detection_score=detection,
         )
+
+    @torch.inference_mode()
+    def condition_and_cells(self, images: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the detector reads, without it: images (B, 3, H, W) in [0, 1] -> (condition (B, C, H/8, W/8),
+        cells (B, 4, H/8, W/8)), as `predict` computes them, as ordinary tensors on the CPU."""
+        images = images.to(self.device).contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            condition = self.localizer.encoder(images)
+            if self.discriminative:
+                probability = torch.sigmoid(self.segment(condition, images.shape[-2:]).float())
+                uncertainty = torch.zeros_like(probability)
+            else:
+                probability, uncertainty = self._sample(condition, options)
+        cells = cell_maps(probability, uncertainty)
+        with torch.inference_mode(False):
+            return condition.float().cpu().clone(), cells.cpu().clone()
+
+    def detect(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The detection score (B,) in [0, 1] of maps cropped to the image (or stitched from its tiles)."""
+        with torch.inference_mode():
+            logits = self.localizer.detector.score(evidence.to(self.device), cells.to(self.device))
+            return torch.sigmoid(logits).cpu()
 
     def predict_inputs(self, inputs: Sequence[ModelInput], options: SamplingOptions) -> list[Prediction]:
         """One Prediction per input (B = 1), its maps cropped to the input's valid region and its image
-        score taken there. Inputs of the same shape run through the model as one batch; each image's
-        noise depends only on the seed, so grouping does not change any result."""
+        and detection scores taken there. Inputs of the same shape run through the model as one batch;
+        each image's noise depends only on the seed, so grouping does not change any result."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(inputs):
             groups.setdefault(tuple(item.tensor.shape), []).append(index)
@@ -133,27 +175,20 @@ class Predictor:
         for indices in groups.values():
             batch = self.predict(torch.stack([inputs[i].tensor for i in indices]), options)
             for row, index in enumerate(indices):
-                height, width = inputs[index].valid
-                probability = batch.probability[row:row + 1, :, :height, :width]
-                predictions[index] = Prediction(
-                    probability=probability,
-                    uncertainty=batch.uncertainty[row:row + 1, :, :height, :width],
-                    image_score=probability.amax(dim=(1, 2, 3)),
-                )
+                predictions[index] = crop_prediction(batch, row, inputs[index].valid, self)
         return predictions  # type: ignore[return-value]
 
-    def _sample(self, views: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
-        """views (V*B, 3, S, S) -> (probability, uncertainty), each (V*B, 1, S, S): Algorithm 2."""
-        N = options.ensemble
-        condition = self.localizer.encoder(views)
+    def _sample(self, condition: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """condition (V*B, C, h, w) -> (probability, uncertainty), each (V*B, 1, 8h, 8w): Algorithm 2."""
+        N, views = options.ensemble, condition.shape[0]
         condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
-        x_T = self._initial_noise(views.shape[0], N, condition.shape[-2:], options.seed)
+        x_T = self._initial_noise(views, N, condition.shape[-2:], options.seed)
         x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
         z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition), x_T, self.scheduler, options.steps)
-        z0 = z0.float().unflatten(0, (views.shape[0], N))  # (V*B, N, 8, h, w)
+        z0 = z0.float().unflatten(0, (views, N))  # (V*B, N, latent channels, h, w)
         probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
         members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
-        return probability, members.unflatten(0, (views.shape[0], N)).std(dim=1, unbiased=False)
+        return probability, members.unflatten(0, (views, N)).std(dim=1, unbiased=False)
 
     def _initial_noise(self, num_views: int, N: int, latent_size: torch.Size, seed: int) -> torch.Tensor:
         """x_T: (num_views * N, 8, h, w). Each view draws from a generator seeded with `seed` alone, so an
@@ -165,6 +200,27 @@ class Predictor:
             generator.manual_seed(seed)
             draws.append(torch.randn((N, channels, *latent_size), generator=generator, device=self.device))
         return torch.cat(draws)
+
+
+def crop_prediction(batch: Prediction, row: int, valid: tuple[int, int], predictor: Predictor) -> Prediction:
+    """Row `row` of a batch Prediction (B = 1), its maps cropped to the top-left `valid` (height, width)
+    pixels, and its image and detection scores taken over that region alone (the rest is padding)."""
+    height, width = valid
+    probability = batch.probability[row:row + 1, :, :height, :width]
+    evidence = cells = detection = None
+    if batch.evidence is not None:
+        cell_rows, cell_cols = -(-height // 8), -(-width // 8)  # every latent cell that holds image pixels
+        evidence = batch.evidence[row:row + 1, :, :cell_rows, :cell_cols]
+        cells = batch.cells[row:row + 1, :, :cell_rows, :cell_cols]
+        detection = predictor.detect(evidence, cells)
+    return Prediction(
+        probability=probability,
+        uncertainty=batch.uncertainty[row:row + 1, :, :height, :width],
+        image_score=probability.amax(dim=(1, 2, 3)),
+        evidence=evidence,
+        cells=cells,
+        detection_score=detection,
+    )
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,37 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, *, smooth: float
     dice = 1.0 - (2.0 * overlap + smooth) / (probability.sum(dim=1) + target.sum(dim=1) + smooth)
     dice = dice.mean()
     return bce + dice, {"loss_bce": bce.item(), "loss_dice": dice.item()}
+
+
+class LocalizerOutputs:
+    """What a frozen localizer makes of each training item, computed once and kept: the condition (fp16) and
+    the detector's cell maps, for training the detector alone (`Trainer` with train_part "detector").
+
+    Memory: about (C + 4) x h x w x 2 bytes per item (0.4 MB for a 320^2 window), for every item of the data.
+    """
+
+    def __init__(self, predictor, sampling) -> None:
+        self.predictor, self.sampling = predictor, sampling
+        self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, indices: list[int], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices: B item numbers; images (B, 3, H, W) in [0, 1] -> (condition (B, C, h, w), cells (B, 4, h, w))."""
+        missing = [row for row, index in enumerate(indices) if index not in self._memo]
+        if missing:
+            condition, cells = self.predictor.condition_and_cells(images[missing], self.sampling)
+            for row, one_condition, one_cells in zip(missing, condition, cells):
+                self._memo[indices[row]] = (one_condition.half().clone(), one_cells.clone())
+        pairs = [self._memo[index] for index in indices]
+        return torch.stack([c for c, _ in pairs]).float(), torch.stack([m for _, m in pairs])
+
+
+def detection_loss(evidence: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, *, dense_weight: float = 0.5
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE of the image logits (B,) against "any pixel manipulated", plus `dense_weight` x BCE of the evidence
+    logits (B, 1, h, w) against each latent cell's manipulated share; mask: (B, 1, 8h, 8w) in {0, 1}."""
+    mask = mask.float()
+    label = mask.flatten(1).amax(dim=1)
+    image_loss = F.binary_cross_entropy_with_logits(logits.float(), label)
+    cell_share = F.avg_pool2d(mask, mask.shape[-1] // evidence.shape[-1])
+    dense_loss = F.binary_cross_entropy_with_logits(evidence.float(), cell_share)
+    return image_loss + dense_weight * dense_loss, {"loss_image": image_loss.item(), "loss_dense": dense_loss.item()}

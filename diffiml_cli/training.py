@@ -41,11 +41,13 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.metrics import MetricAccumulator
 from diffiml_cli.models.build import AnyLocalizer
-from diffiml_cli.objectives import DenoisingObjective, SegmentationObjective, diffiml_loss, segmentation_loss
+from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
+                                   diffiml_loss, segmentation_loss)
 
 STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
-SELECTION_METRICS = ("pixel_f1", "pixel_f1_all")
+SELECTION_METRICS = ("pixel_f1", "pixel_f1_all", "image_auc")
+TRAIN_PARTS = ("all", "detector")
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,14 @@ class TrainOptions:
     # The validation number that picks `best/`: pixel_f1 (tampered images only) or pixel_f1_all (authentic
     # images counted: 1 when nothing is marked), which also rewards fewer false alarms.
     select_by: str = "pixel_f1"
+    # "all": Algorithm 1 (or the baseline's loss). "detector": only the image-level detector learns, on the
+    # frozen localizer's outputs, which are sampled once per item with `detector_sampling` and kept.
+    train_part: str = "all"
+    detector_sampling: SamplingOptions = SamplingOptions()
 
     def __post_init__(self) -> None:
+        if self.train_part not in TRAIN_PARTS:
+            raise DiffimlError(f"train_part must be one of {', '.join(TRAIN_PARTS)}, got {self.train_part!r}")
         if self.select_by not in SELECTION_METRICS:
             raise DiffimlError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, got {self.select_by!r}")
     # What the run trains and validates on (sources, edit kinds, init), as given; train_config.json records it.
@@ -166,8 +174,17 @@ class Trainer:
         self.context = init_distributed(device)
         self.localizer = localizer.to(device)
         self.discriminative = config.kind == "discriminative"
+        self.detector_only = options.train_part == "detector"
+        if self.detector_only:
+            if self.localizer.detector is None:
+                raise DiffimlError("training the detector alone needs a model with a detector")
+            self.localizer.requires_grad_(False)
+            self.localizer.detector.requires_grad_(True)
+            self.outputs = LocalizerOutputs(Predictor(self.localizer, config.diffusion, device=device,
+                                                      channels_last=False), options.detector_sampling)
         self.objective: nn.Module = (
-            SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
+            self.localizer.detector if self.detector_only
+            else SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
         )
         if self.context.world_size > 1:
             self.objective = nn.parallel.DistributedDataParallel(
@@ -211,7 +228,10 @@ class Trainer:
         ]
 
     def _train_mode(self) -> None:
-        """train() everything but a frozen backbone, whose BatchNorm keeps its ImageNet statistics."""
+        """train() everything but a frozen backbone, whose BatchNorm keeps its ImageNet statistics (or, when
+        the detector trains alone, the detector only)."""
+        if self.detector_only:
+            self.localizer.eval()
         self.objective.train()
         if self.options.backbone_lr_scale == 0:
             self.localizer.encoder.backbone.eval()
@@ -255,8 +275,8 @@ class Trainer:
         epoch, skip = divmod(self.step, self.batches_per_epoch)
         batch_size = self.options.batch_size
         while True:
-            if hasattr(self.train_data, "set_epoch"):
-                self.train_data.set_epoch(epoch)
+            if hasattr(self.train_data, "set_epoch"):  # a detector sees the same items every epoch: they are kept
+                self.train_data.set_epoch(0 if self.detector_only else epoch)
             ctx = self.context
             indices = epoch_indices(len(self.train_data), epoch, seed=self.options.seed, rank=ctx.rank, world_size=ctx.world_size)
             if self.options.authentic_per_batch and hasattr(self.train_data, "authentic_flags"):
@@ -284,7 +304,11 @@ class Trainer:
         image = batch["image"].to(self.device, non_blocking=True)
         mask = batch["mask"].to(self.device)
         self._train_mode()
-        if self.discriminative:  # the Table 5 baseline: predict the mask directly
+        if self.detector_only:  # the localizer's outputs are computed once per item (`LocalizerOutputs`)
+            condition, cells = self.outputs(batch["index"].tolist(), image)
+            evidence = self.objective(condition.to(self.device), cells.to(self.device))
+            loss, parts = detection_loss(evidence, self.localizer.detector.score(evidence, cells.to(self.device)), mask)
+        elif self.discriminative:  # the Table 5 baseline: predict the mask directly
             with self._autocast():
                 logits = self.objective(image)
             loss, parts = segmentation_loss(logits, mask)
@@ -375,7 +399,7 @@ class Trainer:
         if not self.context.is_main:
             return
         save_checkpoint(self.options.out_dir / "latest", self.inference_model(), self.config)
-        if f1 > self.best_f1:
+        if f1 > self.best_f1:  # nan (no image of the kind the metric needs) never counts as better
             self.best_f1 = f1
             save_checkpoint(self.options.out_dir / "best", self.inference_model(), self.config)
 
@@ -388,9 +412,11 @@ class Trainer:
         predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=False)
         accumulator = MetricAccumulator()
         loader = DataLoader(self.val_data, batch_size=self.options.batch_size, num_workers=self.options.num_workers)
+        sampling = self.options.detector_sampling if self.detector_only else self.options.val_sampling
         for batch in loader:
-            prediction = predictor.predict(batch["image"], self.options.val_sampling)
-            for probability, mask, score in zip(prediction.probability, batch["mask"], prediction.image_score):
+            prediction = predictor.predict(batch["image"], sampling)
+            scores = prediction.image_score if prediction.detection_score is None else prediction.detection_score
+            for probability, mask, score in zip(prediction.probability, batch["mask"], scores):
                 accumulator.add(probability[0], mask[0] > 0.5, float(score))
         self._train_mode()
         summary = accumulator.summary()

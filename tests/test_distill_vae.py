@@ -17,7 +17,7 @@ from diffiml_cli.cli import distill_vae as distill_cli
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import MaskVAEConfig
 from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae, reconstruction_l1
-from diffiml_cli.mask_targets import (
+from diffiml_cli.distillation.targets import (
     CALIBRATION_STREAM,
     TRAIN_STREAM,
     ReconstructionReport,
@@ -27,7 +27,7 @@ from diffiml_cli.mask_targets import (
     raw_latent_std,
     recalibrate_batch_norm,
 )
-from diffiml_cli.sd_teacher import load_teacher, teacher_latent
+from diffiml_cli.distillation.teacher import load_teacher, teacher_latent
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import load_mask_vae
 from diffiml_cli.models.mask_vae import MaskVAE
@@ -185,7 +185,7 @@ def test_training_targets_are_deterministic_and_mix_dataset_masks(tmp_path):
     mask[10:40, 20:50] = 255
     Image.fromarray(np.zeros((60, 90, 3), np.uint8)).save(root / "Tp" / "a.png")
     Image.fromarray(mask).save(root / "Gt" / "a.png")
-    from diffiml_cli.mask_targets import load_data_masks
+    from diffiml_cli.distillation.targets import load_data_masks
 
     data = load_data_masks([str(root)])
     targets = TrainingTargets(32, seed=3, stream=TRAIN_STREAM, data_masks=data, data_share=1.0, edge_share=0.0)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from diffiml_cli.cli.common import DeviceOption, stderr
 from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae as run_distillation
-from diffiml_cli.sd_teacher import DEFAULT_TEACHER
+from diffiml_cli.distillation.teacher import DEFAULT_TEACHER
 from diffiml_cli.inference import resolve_device
 
 _SMOOTHING = 0.98  # exponential moving average of the losses shown on the progress bar
@@ -42,8 +42,18 @@ def distill_vae(
     device: DeviceOption = "auto",
     bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast: about 2x faster on CPUs "
                                        "with AVX512-BF16/AMX and on recent GPUs.")] = False,
+    refit_decoder: Annotated[str | None, typer.Option(
+        help="Instead: refit this localizer checkpoint's decoder as a resize-convolution decoder (no 8-pixel "
+        "checkerboard), keeping its encoder and denoiser; --out receives the new localizer checkpoint.")] = None,
+    synthetic_from: Annotated[Path | None, typer.Option(
+        help="With --refit-decoder: photos whose synthetic edits the sampler runs on, for the latents it decodes.")] = None,
+    exclude_photos: Annotated[list[Path], typer.Option(
+        "--exclude-photos", help="With --refit-decoder: text files of photo stems to leave out. Repeatable.")] = [],  # noqa: B006
 ) -> None:
     """Train the mask autoencoder; writes model.safetensors, config.json and report.json to --out."""
+    if refit_decoder:
+        _refit(refit_decoder, synthetic_from, exclude_photos, steps=steps, seed=seed, out=out)
+        return
     settings = DistillSettings(
         teacher=None if teacher.lower() == "none" else teacher, teacher_subfolder=teacher_subfolder,
         data=tuple(data or ()), steps=steps, batch_size=batch_size, image_size=image_size,
@@ -74,7 +84,23 @@ def distill_vae(
     _print_report(result)
 
 
-def _print_report(result: DistillResult) -> None:
+def _refit(checkpoint: str, photos: Path | None, exclude: list[Path], *, steps: int, seed: int, out: Path) -> None:
+    from diffiml_cli.cli.train import read_stems
+    from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
+
+    settings = RefitSettings(photos=str(photos or ""), steps=steps, seed=seed)
+    excluded = [stem for path in exclude for stem in read_stems(path)]
+    with Progress(TextColumn("[bold]refit decoder"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[loss]}"), console=stderr) as progress:
+        task = progress.add_task("refit", total=steps, loss="")
+        result = refit_checkpoint(checkpoint, settings, out, exclude=excluded,
+                                  on_step=lambda step, loss: progress.update(task, completed=step, loss=f"L1 {loss:.4f}"))
+    _print_report(result)
+    stderr.print(f"checkerboard share of decoded sampler maps: {result.checkerboard_before:.4f} -> "
+                 f"{result.checkerboard_after:.4f}; -> {escape(str(out))}", soft_wrap=True)
+
+
+def _print_report(result) -> None:
     report = result.report
     table = Table(title=f"Reconstruction of {report.rows[0].count + report.rows[0].empty_count} held-out "
                   f"procedural masks at {report.image_size} px (threshold 0.5)")
@@ -85,5 +111,6 @@ def _print_report(result: DistillResult) -> None:
         table.add_row(row.kind, str(row.count), number(row.f1_mean), number(row.iou_mean), number(row.f1_min),
                       f"{number(row.empty_fpr)} ({row.empty_count})")
     stderr.print(table)
-    stderr.print(f"latent scale factor {report.scale_factor:.5f} (scaled latent std {report.latent_std:.3f}); "
-                 f"{result.steps} steps in {result.seconds:.0f}s -> {escape(str(result.out_dir))}", soft_wrap=True)
+    if isinstance(result, DistillResult):
+        stderr.print(f"latent scale factor {report.scale_factor:.5f} (scaled latent std {report.latent_std:.3f}); "
+                     f"{result.steps} steps in {result.seconds:.0f}s -> {escape(str(result.out_dir))}", soft_wrap=True)

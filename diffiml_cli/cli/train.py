@@ -13,13 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
-from diffiml_cli.config import ModelConfig
+from diffiml_cli.config import DetectorConfig, ModelConfig
 from diffiml_cli.data import AugmentConfig
 from diffiml_cli.data.training_sets import build_training_data, build_validation_data
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.backbone_weights import load_backbone_weights
-from diffiml_cli.models.build import build_localizer, default_vae, load_localizer, load_mask_vae, with_copy_move_cue
+from diffiml_cli.models.build import (build_localizer, default_vae, load_localizer, load_mask_vae, with_copy_move_cue,
+                                     with_detector)
 from diffiml_cli.presets import get_preset
 from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer
 
@@ -42,8 +43,11 @@ def train(
                               "favour (natural repetition, busy texture; see docs/mine_hard_negatives.py).")] = None,
     hard_negative_share: Annotated[float, typer.Option(help="Share of untouched samples taken from --hard-negatives.",
                                    min=0.0, max=1.0)] = 0.5,
-    select_by: Annotated[str, typer.Option(help="Validation number that picks best/: pixel_f1 (tampered images) or "
-                         "pixel_f1_all (authentic images count 1 when nothing is marked, else 0).")] = "pixel_f1",
+    select_by: Annotated[str, typer.Option(help="Validation number that picks best/: pixel_f1 (tampered images), "
+                         "pixel_f1_all (authentic images count 1 when nothing is marked, else 0) or image_auc.")] = "pixel_f1",
+    train_detector: Annotated[bool, typer.Option("--train-detector", help="Train only the image-level detector "
+                              "(added when the model has none) on the frozen localizer's outputs, sampled once per "
+                              "training item at the default sampling settings.")] = False,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = "tiny",
     model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
                      "(the same encoder with a BCE + Dice segmentation head: the paper's Table 5 baseline).")] = None,
@@ -99,6 +103,8 @@ def train(
             localizer.vae.load_state_dict(mask_vae.state_dict())
     if copy_move_cue is not None:
         localizer, config = with_copy_move_cue(localizer, config, copy_move_cue)
+    if train_detector:
+        localizer, config = with_detector(localizer, config, config.detector or DetectorConfig())
     if backbone_weights:
         load_backbone_weights(localizer.encoder, backbone_weights)
 
@@ -123,6 +129,7 @@ def train(
         warmup_steps=warmup_steps, ema_decay=ema, prior_rate=prior_rate, mask_loss_weight=mask_loss_weight, amp=amp,
         seed=seed, save_every=save_every, val_every=val_every, num_workers=num_workers,
         authentic_per_batch=authentic_per_batch, select_by=select_by,
+        train_part="detector" if train_detector else "all",
         data_sources={"authentic_share": authentic_share, "exclude_photos": [str(p) for p in exclude_photos],
                       "hard_negatives": str(hard_negatives) if hard_negatives else None,
                       "hard_negative_share": hard_negative_share,"data": data, "synthetic_from": [str(path) for path in synthetic_from],

@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from diffiml_cli.checkpoint import load_checkpoint, load_state_strict
-from diffiml_cli.config import ModelConfig
+from diffiml_cli.config import DetectorConfig, ModelConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.denoiser import Denoiser
+from diffiml_cli.models.detector import Detector
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import MaskVAE
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer, SegmentationHead
@@ -19,14 +20,17 @@ AnyLocalizer = Localizer | DiscriminativeLocalizer
 
 def build_localizer(config: ModelConfig) -> AnyLocalizer:
     """A randomly initialised localizer of `config.kind`; load weights with `load_localizer`."""
+    detector = Detector(config.detector, config.encoder.out_channels) if config.detector is not None else None
     if config.kind == "discriminative":
         return DiscriminativeLocalizer(
-            encoder=ConditionEncoder(config.encoder), head=SegmentationHead(config.encoder.out_channels)
+            encoder=ConditionEncoder(config.encoder), head=SegmentationHead(config.encoder.out_channels),
+            detector=detector,
         )
     return Localizer(
         encoder=ConditionEncoder(config.encoder),
         denoiser=Denoiser(config.denoiser),
         vae=MaskVAE(config.vae),
+        detector=detector,
     )
 
 
@@ -54,6 +58,20 @@ def with_copy_move_cue(localizer: AnyLocalizer, config: ModelConfig, enabled: bo
     state = {key: value for key, value in localizer.state_dict().items() if not key.startswith(prefix)}
     fresh = {key: value for key, value in extended.state_dict().items() if key.startswith(prefix)}
     load_state_strict(extended, {**state, **fresh}, "the copy-move cue")
+    return extended.train(localizer.training), config
+
+
+def with_detector(localizer: AnyLocalizer, config: ModelConfig, detector: DetectorConfig | None
+                  ) -> tuple[AnyLocalizer, ModelConfig]:
+    """The same localizer with a fresh image-level detector of `detector`'s shape (or none); every other
+    weight is kept, and a calibration made for another detector is dropped."""
+    if config.detector == detector:
+        return localizer, config
+    config = dataclasses.replace(config, detector=detector, calibration=None)
+    extended = build_localizer(config)
+    state = {key: value for key, value in localizer.state_dict().items() if not key.startswith("detector.")}
+    fresh = {key: value for key, value in extended.state_dict().items() if key.startswith("detector.")}
+    load_state_strict(extended, {**state, **fresh}, "the detector")
     return extended.train(localizer.training), config
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.denoiser import Denoiser
+from diffiml_cli.models.detector import Detector
 from diffiml_cli.models.mask_vae import MaskVAE
 
 
@@ -19,11 +20,13 @@ class Localizer(nn.Module):
     Latent layout: (B, 8, H/8, W/8) = 4 mask channels then 4 edge channels, each `vae.encode(y) * scale`.
     """
 
-    def __init__(self, *, encoder: ConditionEncoder, denoiser: Denoiser, vae: MaskVAE) -> None:
+    def __init__(self, *, encoder: ConditionEncoder, denoiser: Denoiser, vae: MaskVAE,
+                 detector: Detector | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.denoiser = denoiser
         self.vae = vae
+        self.detector = detector  # the image-level detector, when the checkpoint has one
         for parameter in self.vae.parameters():  # the VAE is frozen once distilled
             parameter.requires_grad_(False)
 
@@ -50,3 +53,8 @@ class Localizer(nn.Module):
         """z: (B, 8 or 4, h, w) scaled latents -> decoded mask (B, 1, 8h, 8w), about [-1, 1]."""
         mask_channels = self.vae.config.latent_channels
         return self.vae.decode(z[:, :mask_channels] / self.latent_scale)
+
+    @property
+    def mask_latent_channels(self) -> int:
+        """The leading latent channels that hold the mask (the rest, when present, hold the edge)."""
+        return self.vae.config.latent_channels

@@ -21,11 +21,34 @@ def _down(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def _up(in_channels: int, out_channels: int) -> nn.Sequential:
+def _upsample(in_channels: int, out_channels: int, upsampling: str) -> nn.Module:
+    """Double the resolution. "transposed" (the reference) lets output pixels receive 1, 2 or 4 kernel taps in a
+    2-pixel period, which three stages stack into the 8-pixel checkerboard of decoded maps; "resize" upsamples
+    bilinearly and then convolves, so every output pixel is computed alike."""
+    if upsampling == "transposed":
+        return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         nn.Conv2d(in_channels, out_channels, 3, padding=1))
+
+
+def _up(in_channels: int, out_channels: int, upsampling: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1),
+        _upsample(in_channels, out_channels, upsampling),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
+    )
+
+
+def build_decoder(config: MaskVAEConfig) -> nn.Sequential:
+    """raw latent (B, C, h, w) -> (B, 1, 8h, 8w): a 1x1 projection, then one upsampling stage per encoder stage."""
+    stages = config.decoder_channels or config.hidden_channels[::-1]  # e.g. 128, 64, 32
+    widths = (*stages, 1)
+    upsampling = config.decoder_upsampling
+    return nn.Sequential(
+        nn.Conv2d(config.latent_channels, widths[0], 1),
+        nn.ReLU(inplace=True),
+        *(_up(widths[i], widths[i + 1], upsampling) for i in range(len(widths) - 2)),
+        _upsample(widths[-2], 1, upsampling),
     )
 
 
@@ -45,13 +68,7 @@ class MaskVAE(nn.Module):
             *(_down(widths[i], widths[i + 1]) for i in range(len(widths) - 1)),
             nn.Conv2d(widths[-1], config.latent_channels, 1),
         )
-        reversed_widths = widths[::-1]  # 128, 64, 32, 1
-        self.decoder = nn.Sequential(
-            nn.Conv2d(config.latent_channels, reversed_widths[0], 1),
-            nn.ReLU(inplace=True),
-            *(_up(reversed_widths[i], reversed_widths[i + 1]) for i in range(len(reversed_widths) - 2)),
-            nn.ConvTranspose2d(reversed_widths[-2], 1, 3, stride=2, padding=1, output_padding=1),
-        )
+        self.decoder = build_decoder(config)
         self._trainable = False
         self.train(False)  # modules start in train mode; a frozen VAE must not, or BN statistics drift
 
@@ -88,3 +105,35 @@ def latent_to_probability(reconstruction: torch.Tensor) -> torch.Tensor:
     and the probability map uses the full range, which the prob/uncertainty PNGs and AUCs need.
     """
     return ((reconstruction.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
+
+
+def checkerboard_share(decoded: torch.Tensor, period: int = 8, floor: float = 0.01) -> float:
+    """The share of a decoded map's high-pass energy that repeats with a `period`-pixel period.
+
+    decoded: (H, W) or (1, 1, H, W) float, H and W multiples of `period`. The high-pass part is the map minus
+    its Gaussian blur (sigma = period / 2, which passes under 1 % of a period-8 pattern). It is cut into
+    period x period blocks; the blocks that carry any of it (energy at least `floor` times the 95th percentile
+    block's, so flat 0 or 1 regions do not dilute the measure) are averaged phase by phase, and the share is
+    that mean pattern's energy, repeated over those blocks, over their whole energy. In [0, 1]: near 1 when
+    every active block carries the same pattern (the uneven overlaps of a transposed-convolution decoder print
+    one wherever the map is soft); about 1 / blocks for noise; a few hundredths for sharp edges.
+    """
+    x = decoded.detach().float().reshape(1, 1, *decoded.shape[-2:])
+    H, W = x.shape[-2:]
+    if H % period or W % period:
+        raise ValueError(f"the map's sides ({H}, {W}) must be multiples of {period}")
+    sigma = period / 2
+    radius = int(3 * sigma)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    padded = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    blurred = torch.nn.functional.conv2d(padded, taps.view(1, 1, 1, -1))
+    blurred = torch.nn.functional.conv2d(blurred, taps.view(1, 1, -1, 1))
+    high = (x - blurred)[0, 0].double()
+    blocks = high.reshape(H // period, period, W // period, period).permute(0, 2, 1, 3).reshape(-1, period, period)
+    energy = (blocks**2).sum(dim=(1, 2))
+    if float(energy.max()) == 0.0:
+        return 0.0
+    active = blocks[energy >= floor * torch.quantile(energy, 0.95)]
+    pattern = active.mean(dim=0)
+    return float((pattern**2).sum() * len(active) / (active**2).sum())

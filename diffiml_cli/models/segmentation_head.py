@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffiml_cli.models.condition_encoder import ConditionEncoder
+from diffiml_cli.models.detector import Detector
 
 
 class SegmentationHead(nn.Module):
@@ -36,11 +37,15 @@ class DiscriminativeLocalizer(nn.Module):
     `sigmoid(logits)` is the manipulation probability in [0, 1]; one forward pass, no sampling.
     """
 
-    def __init__(self, *, encoder: ConditionEncoder, head: SegmentationHead) -> None:
+    def __init__(self, *, encoder: ConditionEncoder, head: SegmentationHead, detector: Detector | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.detector = detector
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(image))
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self.segment(self.encoder(image), image.shape[-2:])
+
+    def segment(self, condition: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """condition (B, C, h, w) -> mask logits (B, 1, *size), upsampled bilinearly."""
+        return F.interpolate(self.head(condition), size=size, mode="bilinear", align_corners=False)

@@ -21,7 +21,7 @@ calibrated as Stable Diffusion calibrated its own: 1 / std of the raw latents of
 
 Training targets are procedural masks (`data.masks.random_mask`), their edge bands (`data.edges.mask_edges`,
 which the diffusion model encodes too), and optionally the masks and edge bands of real datasets; they, the
-scale calibration and the reconstruction report live in `mask_targets`, the teacher in `sd_teacher`. Every
+scale calibration and the reconstruction report live in `targets`, the teacher in `teacher`. Every
 target is a pure function of (seed, stream, index), so a run is reproducible and resumes exactly.
 """
 
@@ -48,7 +48,7 @@ from diffiml_cli.checkpoint import (
 )
 from diffiml_cli.config import MaskVAEConfig, config_to_dict
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.mask_targets import (
+from diffiml_cli.distillation.targets import (
     BATCH_NORM_STREAM,
     TRAIN_STREAM,
     ReconstructionReport,
@@ -59,7 +59,7 @@ from diffiml_cli.mask_targets import (
     reconstruction_report,
 )
 from diffiml_cli.models.mask_vae import MaskVAE
-from diffiml_cli.sd_teacher import DEFAULT_TEACHER, load_teacher, teacher_latent, teacher_scale_factor
+from diffiml_cli.distillation.teacher import DEFAULT_TEACHER, load_teacher, teacher_latent, teacher_scale_factor
 
 STATE_NAME = "training_state.pt"
 REPORT_NAME = "report.json"
