@@ -237,7 +237,7 @@ def compare_vae(
     if iters < 1:
         raise DiffimlError(f"--iters must be at least 1, got {iters}")
     if fp16 and device.type != "cuda":
-        raise DiffimlError("--fp16 needs a CUDA device; on the CPU inference runs in fp32")
+        raise DiffimlError("`fp16` needs a CUDA device; on the CPU inference runs in fp32")
     generator = torch.Generator().manual_seed(0)
     mask = (torch.rand(1, 1, image_size, image_size, generator=generator) > 0.5).float() * 2.0 - 1.0
 
@@ -344,7 +344,7 @@ def run_benchmark(
         progress(f"VAE comparison at {image_size}px")
         vae_comparison = compare_vae(image_size, device, iters, warmup=warmup, vae_config=config.vae, fp16=fp16)
 
-    predictor = Predictor(localizer, config.diffusion, device=device, fp16=fp16, compile=compile)
+    predictor = Predictor(localizer, config.diffusion, device=device, precision="fp16" if fp16 else "fp32", compile=compile)
     settings = []
     for N in ensembles:
         progress(f"counting FLOPs, N={N}")

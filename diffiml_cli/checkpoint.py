@@ -11,11 +11,9 @@ its writes are not atomic. The Hub part is still huggingface_hub's own `hf_hub_d
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch import nn
 
 from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.files import atomic_write, atomic_write_bytes, remove_stale_temporaries
 
 FORMAT_VERSION = "1"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,69 +48,31 @@ def default_checkpoint() -> Path:
     return default_checkpoint_dir("")
 
 
-def _process_umask() -> int:
-    umask = os.umask(0)  # the only way to read it; done once, at import, before any writer thread exists
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _process_umask()
-
-
-def _readable_by_others(path: str | Path) -> None:
-    """mkstemp creates files 0600; give them the usual 0666-minus-umask mode before they take their name."""
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    _readable_by_others(tmp)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(directory: Path, names: Sequence[str]) -> None:
-    """Delete the `.<name>.<random>.tmp` files that a writer killed mid-write left in `directory` for
-    each of `names` (the temporaries `atomic_write_bytes`, `save_checkpoint` and `save_training_state` make)."""
-    for name in names:
-        for stale in Path(directory).glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, *, half: bool = False) -> Path:
     """Write `model`'s weights and `config` to `directory`, each file atomically; returns the directory.
 
     half=True stores floating-point tensors as fp16 (the shipped checkpoint does, to stay small).
     """
+    state = {
+        name: (tensor.half() if half and tensor.is_floating_point() else tensor).detach().cpu().contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    return save_state(directory, state, config)
+
+
+def save_state(directory: str | Path, state: dict[str, torch.Tensor], config: Any) -> Path:
+    """Write a state dict as it is (dtypes kept) with `config` to `directory`, each file atomically."""
     model_type = next((name for name, kind in MODEL_TYPES.items() if isinstance(config, kind)), None)
     if model_type is None:
         raise DiffimlError(f"cannot save a checkpoint for config type {type(config).__name__}")
     directory = Path(directory)
     header = {"format": "diffiml", "format_version": FORMAT_VERSION, "model_type": model_type}
     header["config"] = config_to_dict(config)
-    state = {
-        name: (tensor.half() if half and tensor.is_floating_point() else tensor).detach().cpu().contiguous()
-        for name, tensor in model.state_dict().items()
-    }
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory, (WEIGHTS_NAME, CONFIG_NAME))  # of a writer killed mid-write
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"diffiml": json.dumps(header)})
-        _readable_by_others(tmp)
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(directory / WEIGHTS_NAME, lambda temporary: save_file(state, temporary,
+                                                                       metadata={"diffiml": json.dumps(header)}))
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
     return directory
 
@@ -127,7 +88,7 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if path.is_file():
         return path
     if is_hub_id(str(source)):
-        return hub_download(str(source), (WEIGHTS_NAME,), what="checkpoint", local_hint="pass a local directory with --checkpoint")
+        return hub_download(str(source), (WEIGHTS_NAME,), what="checkpoint", local_hint="pass a local directory as `checkpoint`")
     raise DiffimlError(f"checkpoint {source!s} not found: give a directory, a .safetensors file, or a Hub id org/name")
 
 
@@ -174,6 +135,20 @@ def hub_download(hub_id: str, filenames: tuple[str, ...], *, what: str, local_hi
     raise DiffimlError(f"{what} {hub_id}: the repository has no {' or '.join(filenames)}")
 
 
+def model_card_summary(weights: Path) -> str:
+    """The first sentence of the **Status** line of the model card (`README.md`) beside a checkpoint's weights
+    file, or of its first paragraph; "" when there is none."""
+    card = Path(weights).parent / "README.md"
+    try:
+        lines = card.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    paragraphs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith(("#", "|", "!"))]
+    status = next((line for line in paragraphs if line.startswith("**Status")), paragraphs[0] if paragraphs else "")
+    text = status.replace("**", "")
+    return (text.split(". ")[0].rstrip(".") + ".") if text else ""
+
+
 def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[str, Any, dict[str, torch.Tensor]]:
     """Read a checkpoint: returns (model_type, config dataclass, state_dict on CPU)."""
     weights = resolve_checkpoint(source)
@@ -204,7 +179,7 @@ def _load_pickle_checkpoint(weights: Path, *, allow_pickle: bool) -> tuple[str, 
     if not allow_pickle:
         raise DiffimlError(
             f"{weights}: pickle checkpoints can run code when loaded; convert it to safetensors, "
-            "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+            "or pass `allow_pickle=True` to load it with torch.load(weights_only=True)"
         )
     config_path = weights.parent / CONFIG_NAME
     if not config_path.is_file():
@@ -276,10 +251,9 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     The state holds only tensors, numbers, strings and containers of them, so `load_training_state`
     can read it back with `torch.load(weights_only=True)`: no arbitrary pickle is ever executed.
     """
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 

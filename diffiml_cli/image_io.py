@@ -14,7 +14,6 @@ import os
 import re
 import struct
 import threading
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.files import atomic_write_bytes
 
 # 2x Pillow's own MAX_IMAGE_PIXELS, i.e. the size at which Pillow itself refuses to decode
 # (about 13400 x 13400). Above it an image is treated as a decompression bomb and refused before
-# decoding; callers pass a larger `max_pixels` (the CLI's `--max-pixels`) to read bigger images.
+# decoding; callers pass a larger `max_pixels` (the CLI's --max-pixels) to read bigger images.
 DEFAULT_MAX_PIXELS = 178_956_970
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -115,7 +115,7 @@ def _too_large(path: Path, size: tuple[int, int] | Exception, max_pixels: int) -
         shown = f"{counted.group(1)} pixels" if counted else "too many pixels"
     return DiffimlError(
         f"{path}: image is {shown}, above the limit of {max_pixels} pixels "
-        "(a guard against decompression bombs; raise it with --max-pixels)"
+        "(a guard against decompression bombs; raise it with `max_pixels`)"
     )
 
 
@@ -244,6 +244,14 @@ def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
         return rgb
 
 
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """An already opened PIL image -> (H, W, 3) uint8 RGB, converted exactly as `load_rgb` converts a file."""
+    try:
+        return _decode_rgb(image, background=255, use_icc=True)
+    except Exception as error:  # noqa: BLE001 - a lazily opened image can fail to decode here
+        raise DiffimlError(f"cannot decode the image ({_one_line(error)})") from None
+
+
 def load_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, True = manipulated.
 
@@ -274,8 +282,8 @@ def save_png_atomic(path: str | Path, array: np.ndarray) -> None:
     """Write (H, W) or (H, W, 3) RGB uint8 (or bool, written as 0/255) to `path` as PNG.
 
     The data go to a hidden temporary file in the same folder, which is then renamed over `path`,
-    so a reader never sees a truncated file under the final name. Raises DiffimlError when the
-    file cannot be written.
+    so a reader never sees a truncated file under the final name (`files.atomic_write`). Raises
+    DiffimlError, chained to the OSError, when the file cannot be written.
     """
     path = Path(path)
     if array.dtype == np.bool_:
@@ -286,19 +294,10 @@ def save_png_atomic(path: str | Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels))
     if not ok:
         raise DiffimlError(f"{path}: PNG encoding failed")
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        # 0o666 so that the umask, not the temporary name, decides the final permissions.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise DiffimlError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from None
+        atomic_write_bytes(path, encoded.tobytes())
+    except OSError as error:  # chained, so a caller can tell a full disk (files.is_out_of_space) from the rest
+        raise DiffimlError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from error
 
 
 def _is_image_file(path: Path) -> bool:

@@ -7,21 +7,30 @@ no host-device sync inside the loop; CUDA runs in fp16 autocast.
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
 import torch
 
-from diffiml_cli.config import DiffusionConfig, ModelConfig
+from diffiml_cli.config import DiffusionConfig
 from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import latent_to_probability
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
+
+if TYPE_CHECKING:  # the pipeline builds inputs; this module only reads .tensor and .valid
+    from diffiml_cli.pipeline import ModelInput
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,9 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 1000:
-            raise DiffimlError(f"--steps must be between 1 and 1000, got {self.steps}")
+            raise DiffimlError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.ensemble < 1:
-            raise DiffimlError(f"--ensemble must be at least 1, got {self.ensemble}")
+            raise DiffimlError(f"ensemble must be at least 1, got {self.ensemble}")
 
 
 @dataclass(frozen=True)
@@ -67,14 +76,59 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DiffimlError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
+        raise DiffimlError(f"device {name!r} was asked for, but PyTorch sees no CUDA device; use device 'cpu'")
     if name != "cpu" and not name.startswith("cuda"):
         raise DiffimlError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively: x86 AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo), or
+    Arm's BF16 extension (Linux `bf16` feature, macOS `hw.optional.arm.FEAT_BF16`). Anything else, and any
+    platform where it cannot be read, is False: bf16 emulated in fp32 is slower than fp32."""
+    system = platform.system()
+    if system == "Linux":
+        try:
+            text = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+        flags = set()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if system == "Darwin":
+        try:
+            result = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                    timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return result.stdout.strip() == "1"
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' -> fp16 on CUDA, bf16 on a CPU with native bf16 (`cpu_has_native_bf16`), else fp32; an
+    explicit choice is checked against the device."""
+    if name not in PRECISIONS:
+        raise DiffimlError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
+    if name == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise DiffimlError("precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    return name
+
+
 class Predictor:
-    """Runs a loaded localizer on batches of model-size images."""
+    """Runs a loaded localizer on batches of model-size images.
+
+    precision: "fp32", "bf16" or "fp16" (CUDA only) autocast of the encoder and the denoiser. The DDIM
+    update, the ensemble average, the VAE decode, the uncertainty and the detector always run in fp32: the
+    iterate x_t accumulates every step's update, and the decoded map is compared with the threshold.
+    """
 
     def __init__(
         self,
@@ -82,14 +136,12 @@ class Predictor:
         diffusion: DiffusionConfig,
         *,
         device: torch.device,
-        fp16: bool = False,
+        precision: str = "fp32",
         channels_last: bool = True,
         compile: bool = False,
     ) -> None:
-        if fp16 and device.type != "cuda":
-            raise DiffimlError("--fp16 needs a CUDA device; on the CPU inference runs in fp32")
+        self.precision = resolve_precision(precision, device)
         self.device = device
-        self.fp16 = fp16
         self.localizer = localizer.eval().to(device)
         # The conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -103,8 +155,15 @@ class Predictor:
         # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.
         self.denoise = torch.compile(self.localizer.denoiser, dynamic=False) if compile else self.localizer.denoiser
 
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
+
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
@@ -120,8 +179,8 @@ class Predictor:
             if self.discriminative:  # one forward pass; no members, so no disagreement to report
                 probability = torch.sigmoid(self.segment(condition, views.shape[-2:]).float())
                 uncertainty = torch.zeros_like(probability)
-            else:
-                probability, uncertainty = self._sample(condition, options)
+        if not self.discriminative:
+            probability, uncertainty = self._sample(condition, options)
         if options.tta:  # flip the mirrored view back and merge by max, as the reference does
             probability = torch.maximum(probability[:B], probability[B:].flip(-1))
             uncertainty = torch.maximum(uncertainty[:B], uncertainty[B:].flip(-1))
@@ -152,8 +211,8 @@ class Predictor:
             if self.discriminative:
                 probability = torch.sigmoid(self.segment(condition, images.shape[-2:]).float())
                 uncertainty = torch.zeros_like(probability)
-            else:
-                probability, uncertainty = self._sample(condition, options)
+        if not self.discriminative:
+            probability, uncertainty = self._sample(condition, options)
         cells = cell_maps(probability, uncertainty)
         with torch.inference_mode(False):
             return condition.float().cpu().clone(), cells.cpu().clone()
@@ -164,7 +223,7 @@ class Predictor:
             logits = self.localizer.detector.score(evidence.to(self.device), cells.to(self.device))
             return torch.sigmoid(logits).cpu()
 
-    def predict_inputs(self, inputs: Sequence[ModelInput], options: SamplingOptions) -> list[Prediction]:
+    def predict_inputs(self, inputs: Sequence["ModelInput"], options: SamplingOptions) -> list[Prediction]:
         """One Prediction per input (B = 1), its maps cropped to the input's valid region and its image
         and detection scores taken there. Inputs of the same shape run through the model as one batch;
         each image's noise depends only on the seed, so grouping does not change any result."""
@@ -184,7 +243,8 @@ class Predictor:
         condition = condition.repeat_interleave(N, dim=0)  # (V*B*N, C, h, w): one batch for all members
         x_T = self._initial_noise(views, N, condition.shape[-2:], options.seed)
         x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
-        z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition), x_T, self.scheduler, options.steps)
+        with self._autocast():  # the denoiser in the chosen precision; its x0 and the DDIM update in fp32
+            z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition).float(), x_T, self.scheduler, options.steps)
         z0 = z0.float().unflatten(0, (views, N))  # (V*B, N, latent channels, h, w)
         probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
         members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
@@ -221,48 +281,3 @@ def crop_prediction(batch: Prediction, row: int, valid: tuple[int, int], predict
         cells=cells,
         detection_score=detection,
     )
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """One image as the model takes it.
-
-    tensor: (3, h, w) float32 in [0, 1]. "resize": h = w = the model's image_size. "native": the image at
-            its own resolution (area-shrunk, keeping its aspect ratio, only when its long side exceeds
-            `native_max_side`), reflection-padded at the bottom and right to multiples of `input_multiple`.
-    valid:  (height, width) of the top-left region of `tensor` that holds the image; the rest is padding.
-    """
-
-    tensor: torch.Tensor
-    valid: tuple[int, int]
-
-
-def prepare_input(image: np.ndarray, config: ModelConfig) -> ModelInput:
-    """image: (H, W, 3) uint8 RGB -> ModelInput, as `config.resolution` says."""
-    if config.resolution == "resize":
-        return ModelInput(image_to_tensor(image, config.image_size), (config.image_size, config.image_size))
-    height, width = image.shape[:2]
-    scale = config.native_max_side / max(height, width)
-    if scale < 1:
-        height, width = max(1, round(height * scale)), max(1, round(width * scale))
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    multiple = config.input_multiple
-    pad_bottom, pad_right = -height % multiple, -width % multiple
-    # Reflection needs the padding to be smaller than the side; tiny images fall back to edge replication.
-    border = cv2.BORDER_REFLECT_101 if pad_bottom < height and pad_right < width else cv2.BORDER_REPLICATE
-    padded = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, border)
-    return ModelInput(torch.from_numpy(padded).permute(2, 0, 1).float().div_(255.0), (height, width))
-
-
-def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
-    """image: (H, W, 3) uint8 RGB -> (3, size, size) float32 in [0, 1], area-averaged when shrinking."""
-    H, W = image.shape[:2]
-    interpolation = cv2.INTER_AREA if size < max(H, W) else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (size, size), interpolation=interpolation)
-    return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
-
-
-def to_original_size(map_: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """map_: (1, h, w) or (h, w) float -> (height, width) float32, bilinear (a copy when the size matches)."""
-    array = map_.squeeze(0).numpy().astype(np.float32, copy=False)
-    return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,8 +1,8 @@
 """Manipulation-localization metrics, following the field's protocol as implemented by IMDL-BenCo.
 
-Pixel metrics are computed per image at the mask's ORIGINAL resolution (resize the prediction with
-`resize_probability` first) and then averaged over images, as IMDL-BenCo and IML-ViT do; they are
-not pooled over all pixels of a dataset.
+Pixel metrics are computed per image at the mask's ORIGINAL resolution (the pipeline resizes every
+prediction back, `pipeline.to_original_size`) and then averaged over images, as IMDL-BenCo and IML-ViT
+do; they are not pooled over all pixels of a dataset.
 
 Threshold convention, used by every function here: a pixel (or image) is predicted manipulated
 when `prob >= threshold`, compared in the probability's own dtype. IMDL-BenCo uses `prob > threshold`;
@@ -18,14 +18,14 @@ false positives on authentic images are reported separately (`authentic_pixel_fp
 import math
 
 import torch
-import torch.nn.functional as F
 
 from diffiml_cli.errors import DiffimlError
 
 __all__ = [
-    "METRIC_DEFINITIONS",
-    "MetricAccumulator",
+    "balanced_accuracy",
     "binarize",
+    "check_pair",
+    "f1_from_counts",
     "counts_over_thresholds",
     "f1_over_thresholds",
     "false_positive_rate",
@@ -34,43 +34,14 @@ __all__ = [
     "pixel_auc",
     "pixel_f1",
     "pixel_iou",
-    "resize_probability",
     "threshold_grid",
 ]
 
-METRIC_DEFINITIONS: dict[str, str] = {
-    "pixel_f1": "Per-image pixel F1 = 2TP/(2TP+FP+FN) with pixels predicted manipulated where "
-    "prob >= 0.5, at the mask's original resolution, averaged over tampered images only.",
-    "pixel_iou": "Per-image pixel IoU = TP/(TP+FP+FN) at threshold 0.5, averaged over tampered "
-    "images only.",
-    "pixel_auc": "Per-image pixel ROC AUC of the probability map against the mask (Mann-Whitney U, "
-    "ties counted half), averaged over tampered images that also have authentic pixels.",
-    "oracle_f1": "ORACLE, uses the labels: mean per-image pixel F1 over tampered images at the single "
-    "dataset-wide threshold from the 0, 0.01, ..., 1 grid that maximises it; an upper bound, not a "
-    "deployable score.",
-    "oracle_threshold": "ORACLE: the dataset-wide threshold at which oracle_f1 is attained (smallest "
-    "on ties).",
-    "authentic_pixel_fpr": "Mean over authentic images of the share of pixels predicted manipulated "
-    "(prob >= 0.5), i.e. each authentic image's pixel false-positive rate.",
-    "authentic_any_rate": "Share of authentic images with at least one pixel predicted manipulated "
-    "(prob >= 0.5).",
-    "image_auc": "ROC AUC of the per-image score for separating tampered from authentic images "
-    "(Mann-Whitney U, ties counted half).",
-    "image_accuracy": "Share of images whose label is predicted correctly, calling an image tampered "
-    "when its image score >= 0.5.",
-    "trivial_f1": "Baseline: per-image pixel F1 of predicting every pixel manipulated, 2P/(2P+N) for "
-    "P manipulated and N authentic pixels, averaged over tampered images.",
-    "pixel_f1_all": "Mean over every image, authentic ones counted: a tampered image scores its pixel F1 at "
-    "0.5, an authentic image 1 when no pixel is predicted manipulated and 0 otherwise.",
-    "image_score": "max of the probability map",
-    "n_tampered": "Number of evaluated images whose mask has at least one manipulated pixel.",
-    "n_authentic": "Number of evaluated images whose mask is empty.",
-    "seconds_per_image": "Mean wall-clock seconds of inference per image, excluding file reading.",
-}
-"""Metric key -> one-sentence definition, for every number a report shows."""
 
 
-def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+
+def check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    """Raise unless `pred` and the bool mask `target` have the same shape."""
     if pred.shape != target.shape:
         raise DiffimlError(
             f"prediction of shape {tuple(pred.shape)} does not match mask of shape "
@@ -82,7 +53,7 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 def _confusion(pred_binary: torch.Tensor, target: torch.Tensor) -> tuple[int, int, int, int]:
     """(TP, FP, FN, TN) pixel counts of two same-shape bool maps."""
-    _check_pair(pred_binary, target)
+    check_pair(pred_binary, target)
     if pred_binary.dtype != torch.bool:
         # A float map here would silently count every non-zero probability as predicted.
         raise ValueError(f"pred_binary must be bool (see `binarize`), got {pred_binary.dtype}")
@@ -194,7 +165,7 @@ def pixel_auc(prob: torch.Tensor, target: torch.Tensor) -> float:
     Returns:
         AUC in [0, 1]; nan when the image has only one class of pixel.
     """
-    _check_pair(prob, target)
+    check_pair(prob, target)
     return _rank_auc(prob, target)
 
 
@@ -231,6 +202,22 @@ def image_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float 
     return (binarize(scores, threshold) == labels.bool()).double().mean().item()
 
 
+def balanced_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> float:
+    """Mean of the true-positive rate on tampered and the true-negative rate on authentic images, an image
+    called tampered when `score >= threshold`; nan when a class is missing. Chance level is 0.5.
+
+    Args:
+        scores: (N,) float. labels: (N,) bool, True = tampered.
+    """
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} differ")
+    called = binarize(scores, threshold)
+    labels = labels.bool()
+    if not labels.any() or labels.all():
+        return math.nan
+    return 0.5 * (called[labels].double().mean().item() + (~called[~labels]).double().mean().item())
+
+
 def threshold_grid(steps: int = 101) -> torch.Tensor:
     """Evenly spaced thresholds 0, 1/(steps-1), ..., 1.
 
@@ -256,7 +243,7 @@ def counts_over_thresholds(
     Returns:
         tp, fp, fn: each (T,) int64.
     """
-    _check_pair(prob, target)
+    check_pair(prob, target)
     t = thresholds.to(prob.dtype).contiguous()
     pos = torch.sort(prob[target]).values
     neg = torch.sort(prob[~target]).values
@@ -265,7 +252,8 @@ def counts_over_thresholds(
     return tp, fp, pos.numel() - tp
 
 
-def _f1_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+def f1_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """Per-threshold pixel F1 (T,) float64 from TP, FP, FN counts (T,); nan where the target is empty."""
     # nan where the target is empty (tp + fn == 0): F1 is undefined there, see `pixel_f1`.
     tp, fp, fn = tp.double(), fp.double(), fn.double()
     f1 = 2 * tp / (2 * tp + fp + fn)
@@ -285,143 +273,4 @@ def f1_over_thresholds(
     Returns:
         (T,) float64 in [0, 1]; all nan when `target` is empty.
     """
-    return _f1_from_counts(*counts_over_thresholds(prob, target, thresholds))
-
-
-def resize_probability(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize a probability map to the ground-truth mask's original resolution.
-
-    Uses `align_corners=False` (pixel centres aligned) and antialiasing, which matters only when
-    shrinking. Convex interpolation weights keep values in [0, 1].
-
-    Args:
-        prob: (h, w) float in [0, 1].
-        size: (H, W) target resolution.
-
-    Returns:
-        (H, W) float, same dtype as `prob`; `prob` itself when the size already matches.
-    """
-    if prob.ndim != 2:
-        raise ValueError(f"prob must be (h, w), got shape {tuple(prob.shape)}")
-    size = (int(size[0]), int(size[1]))
-    if tuple(prob.shape) == size:
-        return prob
-    # float16/bfloat16 bilinear is not implemented on every CPU build; float64 is kept as is.
-    work_dtype = torch.float64 if prob.dtype == torch.float64 else torch.float32
-    out = F.interpolate(
-        prob[None, None].to(work_dtype), size=size, mode="bilinear", align_corners=False,
-        antialias=True,
-    )
-    # The triangle filter's weights are non-negative, but their normalisation can round a
-    # value an ulp past 1.
-    return out[0, 0].clamp_(0.0, 1.0).to(prob.dtype)
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-class MetricAccumulator:
-    """Collects per-image numbers over a dataset and summarises them (keys of METRIC_DEFINITIONS).
-
-    Full maps are not kept: each image contributes a few scalars, plus (tampered images only)
-    its TP/FP/FN counts at every threshold of the oracle grid, 3 x T int64.
-
-    Args:
-        thresholds: (T,) float grid for oracle_f1; default `threshold_grid()` (0, 0.01, ..., 1).
-        image_threshold: decision threshold on image scores for image_accuracy (`score >= it`).
-    """
-
-    def __init__(self, thresholds: torch.Tensor | None = None, image_threshold: float = 0.5):
-        self.thresholds = threshold_grid() if thresholds is None else thresholds.double()
-        self.image_threshold = image_threshold
-        self._records: list[dict] = []
-        self._threshold_counts: list[torch.Tensor] = []  # (3, T) int64 per tampered image
-
-    def add(
-        self,
-        prob: torch.Tensor,
-        target: torch.Tensor,
-        image_score: float,
-        *,
-        threshold: float = 0.5,
-    ) -> None:
-        """Record one image.
-
-        Args:
-            prob: (H, W) float in [0, 1], already at the mask's original resolution.
-            target: (H, W) bool, True = manipulated pixel.
-            image_score: detection score, higher = more likely manipulated.
-            threshold: pixel threshold for F1, IoU and false-positive rates (`prob >= threshold`).
-        """
-        if prob.ndim != 2:
-            raise ValueError(f"prob must be (H, W), got shape {tuple(prob.shape)}")
-        _check_pair(prob, target)
-        if not bool(((prob >= 0) & (prob <= 1)).all()):
-            raise DiffimlError("probability map has values outside [0, 1] (or NaN)")
-        tampered = bool(target.any())
-        pred = binarize(prob, threshold)
-        n_pos = int(target.sum())
-        n_neg = target.numel() - n_pos
-        record = {
-            "tampered": tampered,
-            "image_score": float(image_score),
-            "pixel_f1": pixel_f1(pred, target),
-            "pixel_iou": pixel_iou(pred, target),
-            "pixel_auc": pixel_auc(prob, target),
-            "pixel_fpr": false_positive_rate(pred, target),
-            "predicted_share": pred.double().mean().item(),
-            "any_predicted": bool(pred.any()),
-            "trivial_f1": 2 * n_pos / (2 * n_pos + n_neg) if tampered else math.nan,
-            "pixel_f1_all": pixel_f1(pred, target) if tampered else float(not bool(pred.any())),
-            "height": int(target.shape[0]),
-            "width": int(target.shape[1]),
-        }
-        self._records.append(record)
-        if tampered:
-            self._threshold_counts.append(
-                torch.stack(counts_over_thresholds(prob, target, self.thresholds))
-            )
-
-    def per_image(self) -> list[dict]:
-        """One dict per added image, in order (copies; scalar values, nan where undefined)."""
-        return [dict(r) for r in self._records]
-
-    def _oracle(self) -> tuple[float, float]:
-        if not self._threshold_counts:
-            return math.nan, math.nan
-        counts = torch.stack(self._threshold_counts)  # (N_tampered, 3, T)
-        mean_f1 = _f1_from_counts(counts[:, 0], counts[:, 1], counts[:, 2]).mean(dim=0)  # (T,)
-        best = int(torch.argmax(mean_f1))  # first maximum, i.e. the smallest threshold on ties
-        return mean_f1[best].item(), self.thresholds[best].item()
-
-    def summary(self) -> dict[str, float]:
-        """Dataset-level numbers; every key is defined in METRIC_DEFINITIONS.
-
-        Returns:
-            pixel_f1, pixel_iou, pixel_auc, oracle_f1, oracle_threshold, trivial_f1 (means over
-            tampered images), authentic_pixel_fpr, authentic_any_rate (over authentic images),
-            image_auc, image_accuracy (over all images), n_tampered, n_authentic. A mean over
-            no images is nan.
-        """
-        tampered = [r for r in self._records if r["tampered"]]
-        authentic = [r for r in self._records if not r["tampered"]]
-        scores = torch.tensor([r["image_score"] for r in self._records], dtype=torch.float64)
-        labels = torch.tensor([r["tampered"] for r in self._records], dtype=torch.bool)
-        oracle_f1, oracle_threshold = self._oracle()
-        return {
-            "pixel_f1": _nanmean([r["pixel_f1"] for r in tampered]),
-            "pixel_iou": _nanmean([r["pixel_iou"] for r in tampered]),
-            "pixel_auc": _nanmean([r["pixel_auc"] for r in tampered]),
-            "oracle_f1": oracle_f1,
-            "oracle_threshold": oracle_threshold,
-            "trivial_f1": _nanmean([r["trivial_f1"] for r in tampered]),
-            "authentic_pixel_fpr": _nanmean([r["pixel_fpr"] for r in authentic]),
-            "authentic_any_rate": _nanmean([float(r["any_predicted"]) for r in authentic]),
-            "pixel_f1_all": _nanmean([r["pixel_f1_all"] for r in self._records]),
-            "image_auc": image_auc(scores, labels),
-            "image_accuracy": image_accuracy(scores, labels, self.image_threshold),
-            "n_tampered": len(tampered),
-            "n_authentic": len(authentic),
-        }
+    return f1_from_counts(*counts_over_thresholds(prob, target, thresholds))

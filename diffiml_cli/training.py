@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,18 +27,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from diffiml_cli.checkpoint import (
-    atomic_write_bytes,
-    load_training_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-    save_training_state,
-)
+from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
 from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
+from diffiml_cli.distributed import init_distributed
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.files import atomic_write_bytes, remove_stale_temporaries
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.metrics import MetricAccumulator
+from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.models.build import AnyLocalizer
 from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
                                    diffiml_loss, segmentation_loss)
@@ -91,29 +86,6 @@ class TrainOptions:
             raise DiffimlError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, got {self.select_by!r}")
     # What the run trains and validates on (sources, edit kinds, init), as given; train_config.json records it.
     data_sources: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Rank and world size from torchrun's environment; world size 1 without it."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistributedContext:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); a no-op for one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return DistributedContext()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def epoch_indices(length: int, epoch: int, *, seed: int, rank: int, world_size: int) -> np.ndarray:
@@ -168,7 +140,7 @@ class Trainer:
         if len(train_data) < options.batch_size:
             raise DiffimlError(f"the training data has {len(train_data)} items, fewer than one batch of {options.batch_size}")
         if options.amp != "none" and device.type != "cuda":
-            raise DiffimlError("--amp needs CUDA; on the CPU training runs in fp32")
+            raise DiffimlError("`amp` needs CUDA; on the CPU training runs in fp32")
         self.config, self.options, self.device = config, options, device
         self.train_data, self.val_data = train_data, val_data
         self.context = init_distributed(device)
@@ -255,7 +227,7 @@ class Trainer:
         state = load_training_state(path)
         # Compared as configs, not JSON text, so a state from before a new config field still resumes.
         if config_from_dict(ModelConfig, json.loads(state["config"])) != self.config:
-            raise DiffimlError(f"{path}: the saved run used a different model config; start a new --out")
+            raise DiffimlError(f"{path}: the saved run used a different model config; start a new `out_dir`")
         self.localizer.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -373,10 +345,8 @@ class Trainer:
         return record
 
     def close(self) -> None:
-        """Leave the process group. A rank that exits with gloo's threads still running can abort
-        ("terminate called without an active exception") and fail the whole torchrun job."""
-        if self.context.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group (see `DistributedContext.close`)."""
+        self.context.close()
 
     def _trim_logs(self) -> None:
         """Drop log lines of steps after the state being resumed (a killed run logged steps it never saved),

@@ -22,8 +22,9 @@ import torch
 from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.train import read_stems
 from diffiml_cli.image_io import list_images, load_rgb
-from diffiml_cli.inference import Predictor, SamplingOptions, prepare_input
-from diffiml_cli.models.build import load_localizer
+from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.pipeline import prepare_input
+from diffiml_cli.models.build import load_model
 from diffiml_cli.models.copy_move_cue import keypoint_matches
 
 MIN_MARKED = 0.01  # share of the photo's pixels at prob >= 0.5
@@ -42,7 +43,7 @@ def main() -> None:
 
     excluded = {stem for path in args.exclude for stem in read_stems(Path(path))}
     photos = [path for path in list_images([args.photos]) if path.stem not in excluded]
-    localizer, config = load_localizer(args.checkpoint or default_checkpoint())
+    localizer, config = load_model(args.checkpoint or default_checkpoint())
     predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
     sampling = SamplingOptions(steps=args.steps, ensemble=args.ensemble)
     rows = []

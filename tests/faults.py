@@ -141,7 +141,8 @@ def run_until_killed(argv: list[str], switch: KillSwitch, log: Path) -> None:
 def check_files(folder: Path, *, temporaries_allowed: bool = True) -> dict[str, object]:
     """Assert every file under `folder` is whole; returns {relative path: what it holds} for the state files.
 
-    Partial files may only be hidden `.<name>.<random>.tmp` temporaries (and none when not allowed).
+    Partial files may only be hidden `.<name>.<random>.tmp` temporaries (and none when not allowed), and the
+    last line of a `.jsonl` record file (an append cut short). `.results.lock` is the empty lock of `localize`.
     """
     from PIL import Image
     from safetensors import safe_open
@@ -149,7 +150,9 @@ def check_files(folder: Path, *, temporaries_allowed: bool = True) -> dict[str, 
     states = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = str(path.relative_to(folder))
-        if path.name.startswith("."):
+        if path.name == ".results.lock":
+            assert path.stat().st_size == 0, relative
+        elif path.name.startswith("."):
             assert temporaries_allowed and TEMPORARY.match(path.name), f"unexpected hidden file {relative}"
         elif path.suffix == ".pt":
             states[relative] = torch.load(path, map_location="cpu", weights_only=True)
@@ -161,8 +164,12 @@ def check_files(folder: Path, *, temporaries_allowed: bool = True) -> dict[str, 
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".jsonl":
-            for line in path.read_text().splitlines():
-                json.loads(line)
+            lines = path.read_text().splitlines()
+            for number, line in enumerate(lines):
+                try:
+                    json.loads(line)
+                except ValueError:
+                    assert number == len(lines) - 1 and not path.read_text().endswith("\n"), f"{relative}: line {number}"
         elif path.suffix == ".png":
             with Image.open(path) as image:
                 image.load()

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from corpus import BATCH_KINDS, DATASET_KINDS, IMAGE_KINDS, SCENARIOS, pattern, photo
 from corpus_checkpoints import CHECKPOINT_KINDS, SENTINEL, USAGE_KINDS
 from diffiml_cli.cli.app import app
-from diffiml_cli.localization import OUTPUT_KINDS
+from diffiml_cli.batch import OUTPUT_KINDS
+from diffiml_cli.cli.display import cli_wording
 
 FAST = ("--steps", "1", "--ensemble", "1", "--device", "cpu")
 
@@ -93,9 +94,9 @@ def test_image_kind(kind_id, tiny_checkpoint, tmp_path):
         assert_outputs(out, path.stem, kind.size)
         return
     assert result.exit_code == 1, result.output
-    error = entry["error"]
+    error = cli_wording(entry["error"])  # results.json keeps the library wording: `max_pixels`, not --max-pixels
     assert pattern(f"{path}: {kind.error}").fullmatch(error), error
-    assert entry["status"] == "failed" and document["failures"] == [{"image": str(path), "error": error}]
+    assert entry["status"] == "failed" and document["failures"] == [{"image": str(path), "error": entry["error"]}]
     lines = result.stderr.splitlines()
     assert f"failed {error}" in lines and lines[-2:] == ["failures:", f"  {error}"]
     assert not list(out.glob("*.png"))
@@ -128,14 +129,14 @@ def test_batch_continues_past_every_bad_kind_and_loses_nothing(tiny_checkpoint, 
     for kind_id, path in paths.items():
         kind, entry = IMAGE_KINDS[kind_id], entries[str(path)]
         if kind_id in bad:
-            assert entry["status"] == "failed" and pattern(f"{path}: {kind.error}").fullmatch(entry["error"])
+            assert entry["status"] == "failed" and pattern(f"{path}: {kind.error}").fullmatch(cli_wording(entry["error"]))
         else:
             assert entry["status"] == "ok", entry
             assert_outputs(out, path.stem, kind.size)
     failures = document["failures"]
     assert sorted(f["image"] for f in failures) == sorted(str(paths[kind_id]) for kind_id in bad)
     lines = result.stderr.splitlines()
-    assert lines[-len(failures) - 1:] == ["failures:", *(f"  {f['error']}" for f in failures)]
+    assert lines[-len(failures) - 1:] == ["failures:", *(f"  {cli_wording(f['error'])}" for f in failures)]
     assert f"{len(paths) - len(bad)} localized, 0 skipped" in result.stderr
     assert {p.name: p.read_bytes() for p in out.glob("*.png") if p.name in before} == before
     assert (out / "notes.txt").read_text() == "the analyst's notes"
@@ -211,7 +212,7 @@ def test_two_inputs_with_one_stem_do_not_overwrite_each_other(tiny_checkpoint, t
     assert result.exit_code == 1
     assert_outputs(out, "a", (40, 30))  # the JPEG's, not overwritten by the PNG's
     [failure] = json.loads((out / "results.json").read_text())["failures"]
-    assert failure["error"] == (f"{folder / 'a.png'}: its outputs (a_mask.png, ...) would overwrite those of "
+    assert cli_wording(failure["error"]) == (f"{folder / 'a.png'}: its outputs (a_mask.png, ...) would overwrite those of "
                                 f"{folder / 'a.jpg'}; rename one of them or localize it with another --out")
 
 

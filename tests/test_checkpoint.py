@@ -11,7 +11,7 @@ from safetensors import safe_open
 from diffiml_cli.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import build_localizer, load_localizer, load_mask_vae
+from diffiml_cli.models.build import build_localizer, load_model, load_mask_vae
 from diffiml_cli.presets import get_preset
 
 
@@ -25,7 +25,7 @@ def test_save_then_load_gives_identical_outputs_and_a_self_describing_file(tmp_p
     config = get_preset("test")
     original = build_localizer(config).eval()
     save_checkpoint(tmp_path / "ckpt", original, config)
-    loaded, loaded_config = load_localizer(tmp_path / "ckpt")
+    loaded, loaded_config = load_model(tmp_path / "ckpt")
     assert loaded_config == config
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(_predict(original, config, images), _predict(loaded, loaded_config, images))
@@ -41,7 +41,7 @@ def test_half_precision_checkpoint_loads_into_fp32(tmp_path):
     save_checkpoint(tmp_path, build_localizer(config), config, half=True)
     _, _, state = load_checkpoint(tmp_path)
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
-    localizer, _ = load_localizer(tmp_path)
+    localizer, _ = load_model(tmp_path)
     assert next(localizer.parameters()).dtype == torch.float32
 
 
@@ -55,13 +55,13 @@ def test_loading_is_strict_about_config_and_weights(tmp_path, tiny_checkpoint):
 
     save_file(state, tmp_path / "model.safetensors")  # no metadata: config.json beside it is used
     with pytest.raises(DiffimlError, match="config does not match the weights"):
-        load_localizer(tmp_path)
-    assert config == load_localizer(tiny_checkpoint)[1]
+        load_model(tmp_path)
+    assert config == load_model(tiny_checkpoint)[1]
 
 
 def test_mask_vae_loads_from_a_localizer_checkpoint(tiny_checkpoint):
     vae = load_mask_vae(tiny_checkpoint)
-    localizer, _ = load_localizer(tiny_checkpoint)
+    localizer, _ = load_model(tiny_checkpoint)
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), localizer.vae.state_dict().values()))
 
 
@@ -71,16 +71,16 @@ def test_hub_id_resolves_from_the_offline_cache_with_and_without_revision(hub_ch
     for source in (hub_checkpoint_id, f"{hub_checkpoint_id}@main", f"{hub_checkpoint_id}@{FAKE_REVISION}"):
         weights = resolve_checkpoint(source)
         assert weights.read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
-    localizer, config = load_localizer(hub_checkpoint_id)
+    localizer, config = load_model(hub_checkpoint_id)
     assert config.image_size == 64
 
 
 def test_missing_hub_repository_offline_is_one_clear_line():
     with pytest.raises(DiffimlError) as error:
-        load_localizer("nobody/no-such-model@v1")
+        load_model("nobody/no-such-model@v1")
     message = str(error.value)
     assert "\n" not in message
-    assert "nobody/no-such-model" in message and "--checkpoint" in message
+    assert "nobody/no-such-model" in message and "`checkpoint`" in message
 
 
 def test_a_path_that_does_not_exist_is_not_mistaken_for_a_hub_id(tmp_path):
@@ -92,9 +92,9 @@ def test_pickle_checkpoints_are_refused_unless_allowed_and_then_loaded_weights_o
     _, _, state = load_checkpoint(tiny_checkpoint)
     torch.save(state, tmp_path / "model.pth")
     (tmp_path / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
-    with pytest.raises(DiffimlError, match="--allow-pickle"):
-        load_localizer(tmp_path / "model.pth")
-    localizer, _ = load_localizer(tmp_path / "model.pth", allow_pickle=True)
+    with pytest.raises(DiffimlError, match="`allow_pickle=True`"):
+        load_model(tmp_path / "model.pth")
+    localizer, _ = load_model(tmp_path / "model.pth", allow_pickle=True)
 
     class Payload:  # anything but plain tensors is refused by weights_only=True
         def __reduce__(self):
@@ -102,11 +102,11 @@ def test_pickle_checkpoints_are_refused_unless_allowed_and_then_loaded_weights_o
 
     torch.save({"x": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(DiffimlError, match="weights_only"):
-        load_localizer(tmp_path / "evil.pth", allow_pickle=True)
+        load_model(tmp_path / "evil.pth", allow_pickle=True)
 
 
 def test_truncated_safetensors_is_a_clear_error(tmp_path, tiny_checkpoint):
     data = (tiny_checkpoint / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(DiffimlError, match="safetensors"):
-        load_localizer(tmp_path)
+        load_model(tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffiml_cli.models.build import build_localizer, load_localizer, with_copy_move_cue
+from diffiml_cli.models.build import build_localizer, load_model, with_copy_move_cue
 from diffiml_cli.models.copy_move_cue import cue_maps
 from diffiml_cli.presets import get_preset
 
@@ -84,8 +84,8 @@ def test_train_with_copy_move_cue_saves_a_checkpoint_that_loads_with_the_branch(
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "train_config.json").read_text())["model"]["encoder"]["copy_move_cue"] is True
-    trained, config = load_localizer(out / "final")
+    trained, config = load_model(out / "final")
     assert config.encoder.copy_move_cue and trained.encoder.copy_move_cue is not None
     assert trained.encoder.copy_move_cue.out.weight.abs().sum() > 0  # it trained away from zero
-    start, start_config = load_localizer(tiny_checkpoint)
+    start, start_config = load_model(tiny_checkpoint)
     assert start.encoder.copy_move_cue is None and not start_config.encoder.copy_move_cue

@@ -10,7 +10,7 @@ import torch
 from diffiml_cli.config import MaskVAEConfig
 from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
 from diffiml_cli.inference import SamplingOptions
-from diffiml_cli.models.build import load_localizer
+from diffiml_cli.models.build import load_model
 from diffiml_cli.models.mask_vae import MaskVAE, checkerboard_share
 
 
@@ -44,8 +44,8 @@ def test_refit_keeps_encoder_and_denoiser_and_swaps_the_decoder(tmp_path, tiny_c
     settings = RefitSettings(photos=str(photo_folder), steps=30, batch_size=4, image_size=64, images=3,
                              latents_per_image=3, sampling=SamplingOptions(steps=2, ensemble=2), batch_norm_samples=8)
     result = refit_checkpoint(tiny_checkpoint, settings, tmp_path / "refit")
-    old, _ = load_localizer(tiny_checkpoint)
-    new, config = load_localizer(tmp_path / "refit")
+    old, _ = load_model(tiny_checkpoint)
+    new, config = load_model(tmp_path / "refit")
     assert config.vae.decoder_upsampling == "resize" and config.vae.decoder_channels == (64, 32, 16)
     assert config.vae.scale_factor == old.vae.config.scale_factor
     for name, tensor in old.state_dict().items():

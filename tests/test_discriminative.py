@@ -16,7 +16,7 @@ from diffiml_cli.cli.app import app
 from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import build_localizer, load_localizer, load_mask_vae
+from diffiml_cli.models.build import build_localizer, load_model, load_mask_vae
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 from diffiml_cli.objectives import diffiml_loss, segmentation_loss
 from diffiml_cli.presets import get_preset
@@ -109,7 +109,7 @@ def test_train_discriminative_then_localize_evaluate_and_benchmark_accept_it(tmp
     out = tmp_path / "disc"
     result = runner.invoke(app, _train_command(photo_folder, out, 3, "--model", "discriminative"))
     assert result.exit_code == 0, result.output
-    localizer, config = load_localizer(out / "final")
+    localizer, config = load_model(out / "final")
     assert config.kind == "discriminative" and isinstance(localizer, DiscriminativeLocalizer)
     assert json.loads((out / "final" / "config.json").read_text())["config"]["kind"] == "discriminative"
     with pytest.raises(DiffimlError, match="has no mask VAE"):
@@ -149,7 +149,7 @@ def test_no_edge_ablation_trains_a_mask_only_denoiser(tmp_path, photo_folder, ti
     out = tmp_path / "no-edge"
     result = runner.invoke(app, _train_command(photo_folder, out, 2, "--no-edge", "--vae", str(tiny_checkpoint)))
     assert result.exit_code == 0, result.output
-    localizer, config = load_localizer(out / "final")
+    localizer, config = load_model(out / "final")
     assert config.denoiser.latent_channels == 4 and not localizer.uses_edges
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "loss_mask" in records[-1] and "loss_edge" not in records[-1]

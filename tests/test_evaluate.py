@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +18,22 @@ from typer.testing import CliRunner
 from diffiml_cli.cli.app import app
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.evaluation import COUNT_KEYS, METRIC_KEYS, evaluate_dataset, parse_dataset_arg
+from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
+from diffiml_cli.evaluation.robustness import PERTURBATION_LEVELS, Perturbation, gaussian_noise, parse_kinds
+from diffiml_cli.evaluation.scoring import COUNT_KEYS, METRIC_KEYS, evaluate_dataset, parse_dataset_arg
+from diffiml_cli.image_ops import gaussian_blur, jpeg_compress
 from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
-from diffiml_cli.metrics import METRIC_DEFINITIONS
+from diffiml_cli.pipeline import LocalizationPipeline
 from diffiml_cli.presets import get_preset
-from diffiml_cli.robustness import (
-    PERTURBATION_LEVELS,
-    Perturbation,
-    gaussian_blur,
-    gaussian_noise,
-    jpeg_compress,
-    parse_kinds,
-)
 
 runner = CliRunner()
-_rng = np.random.default_rng(0)
 
 
 def _save_image(path: Path, height: int, width: int) -> None:
+    """A random image whose pixels depend only on its name and size, not on which test ran before."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    rng = np.random.default_rng([zlib.crc32(path.name.encode()), height, width])
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
 
 
 def _save_mask(path: Path, height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -159,8 +156,9 @@ def test_a_perfect_predictor_scores_near_one_at_the_original_resolution(tmp_path
     pairs.append(Pair(tmp_path / "au.png", None))
     pairs.append(Pair(tmp_path / "missing.png", None))
     seen = []
-    report = evaluate_dataset(pairs, _MaskInThePixels(), SamplingOptions(steps=1, ensemble=1), model_config=dataclasses.replace(get_preset("test"), image_size=32),
-                              batch_size=2, on_progress=lambda pair, error: seen.append((pair.image.name, error)))
+    config = dataclasses.replace(get_preset("test"), image_size=32)
+    pipeline = LocalizationPipeline(_MaskInThePixels(), config, sampling=SamplingOptions(steps=1, ensemble=1), batch_size=2)
+    report = evaluate_dataset(pairs, pipeline, on_progress=lambda pair, error: seen.append((pair.image.name, error)))
     metrics = report.metrics
     assert metrics["pixel_f1"] > 0.9 and metrics["pixel_auc"] > 0.99
     assert (metrics["image_auc"], metrics["image_accuracy"], metrics["authentic_pixel_fpr"]) == (1.0, 1.0, 0.0)
@@ -197,7 +195,7 @@ def test_jpeg_at_quality_100_changes_little_and_lower_quality_more():
 def test_blur_uses_the_kernel_size_and_its_opencv_sigma(kernel):
     image = np.zeros((64, 96, 3), np.uint8)
     image[:, 48:] = 255  # a vertical step edge between columns 47 and 48
-    row = gaussian_blur(image, kernel)[32, :, 0].astype(np.float64)
+    row = gaussian_blur(image, kernel=kernel)[32, :, 0].astype(np.float64)
     radius = kernel // 2
     # Only columns within the kernel's reach of the edge change.
     assert (row[: 48 - radius] == 0).all() and (row[48 + radius:] == 255).all()
@@ -208,7 +206,7 @@ def test_blur_uses_the_kernel_size_and_its_opencv_sigma(kernel):
     sigma = math.sqrt((derivative * (centres - mean) ** 2).sum() / derivative.sum())
     assert sigma == pytest.approx(0.3 * ((kernel - 1) / 2 - 1) + 0.8, rel=0.12)
     with pytest.raises(ValueError):
-        gaussian_blur(image, kernel + 1)
+        gaussian_blur(image, kernel=kernel + 1)
 
 
 @pytest.mark.parametrize("variance", PERTURBATION_LEVELS["noise"])

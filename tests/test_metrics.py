@@ -2,15 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.pipeline import to_original_size
+from diffiml_cli.evaluation.accumulator import MetricAccumulator
+from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
 from diffiml_cli.metrics import (
-    METRIC_DEFINITIONS,
-    MetricAccumulator,
+    balanced_accuracy,
     binarize,
     counts_over_thresholds,
     f1_over_thresholds,
@@ -20,7 +23,6 @@ from diffiml_cli.metrics import (
     pixel_auc,
     pixel_f1,
     pixel_iou,
-    resize_probability,
     threshold_grid,
 )
 
@@ -106,13 +108,21 @@ def test_authentic_image_with_quarter_predicted():
 
 def test_prediction_at_other_resolution_is_resized_to_mask():
     prob = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    up = resize_probability(prob, (4, 4))
+    up = torch.from_numpy(to_original_size(prob, 4, 4))
     # Bilinear, pixel centres aligned: source x = (x_out + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25.
     assert torch.allclose(up, torch.tensor([1.0, 0.75, 0.25, 0.0]).expand(4, 4))
     assert pixel_f1(binarize(up), left_half()) == 1.0
-    assert resize_probability(prob, (2, 2)) is prob
-    down = resize_probability(left_half(8).float(), (4, 4))
+    assert np.array_equal(to_original_size(prob, 2, 2), prob.numpy())
+    down = torch.from_numpy(to_original_size(left_half(8).float(), 4, 4))  # area averaging when shrinking
     assert torch.equal(binarize(down), left_half(4))
+
+
+def test_balanced_accuracy_weighs_both_classes_alike():
+    scores = torch.tensor([0.9, 0.8, 0.2, 0.1, 0.1, 0.1, 0.1, 0.7])
+    labels = torch.tensor([True, True, True, False, False, False, False, False])
+    # 2 of 3 tampered called tampered, 4 of 5 authentic called authentic.
+    assert balanced_accuracy(scores, labels, 0.5) == pytest.approx(0.5 * (2 / 3 + 4 / 5))
+    assert math.isnan(balanced_accuracy(scores[3:7], labels[3:7]))
 
 
 def test_shape_mismatch_is_a_user_error():

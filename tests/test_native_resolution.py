@@ -15,8 +15,9 @@ from diffiml_cli.cli.app import app
 from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
 from diffiml_cli.data.augment import crop_at_native_resolution
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import ModelInput, Prediction, Predictor, SamplingOptions, prepare_input
-from diffiml_cli.models.build import load_localizer
+from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
+from diffiml_cli.pipeline import ModelInput, prepare_input
+from diffiml_cli.models.build import load_model
 from diffiml_cli.presets import get_preset
 
 NATIVE = dataclasses.replace(get_preset("test"), resolution="native", native_max_side=128)
@@ -78,7 +79,7 @@ def test_predict_inputs_batches_equal_shapes_and_scores_only_the_image():
 
 
 def test_grouping_does_not_change_an_image_s_mask(tiny_checkpoint, one_thread):
-    localizer, config = load_localizer(tiny_checkpoint)
+    localizer, config = load_model(tiny_checkpoint)
     config = dataclasses.replace(config, resolution="native")
     predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
     options = SamplingOptions(steps=2, ensemble=2, seed=3)
@@ -137,13 +138,13 @@ def test_train_with_native_resolution_records_it_in_the_checkpoint(photo_folder,
     result = CliRunner().invoke(app, ["train", "--synthetic-from", str(photo_folder), "--init", str(tiny_checkpoint),
                                       "--resolution", "native", "--steps", "1", "--batch-size", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert load_localizer(out / "final")[1].resolution == "native"
+    assert load_model(out / "final")[1].resolution == "native"
 
 
 def test_benchmark_times_a_native_model_at_512_unless_told(monkeypatch, tmp_path, tiny_checkpoint):
     from diffiml_cli.checkpoint import save_checkpoint
 
-    localizer, config = load_localizer(tiny_checkpoint)
+    localizer, config = load_model(tiny_checkpoint)
     native = save_checkpoint(tmp_path / "native", localizer, dataclasses.replace(config, resolution="native"))
     sizes = []
     monkeypatch.setattr("diffiml_cli.cli.benchmark.run_benchmark",

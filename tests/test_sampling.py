@@ -7,7 +7,7 @@ import torch
 from diffiml_cli.config import DiffusionConfig
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, ddim_sample, make_scheduler, sampling_timesteps
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import load_localizer
+from diffiml_cli.models.build import load_model
 
 
 def test_ddim_grid_for_8_steps_is_the_reference_leading_grid():
@@ -49,7 +49,7 @@ def test_error_prior_matches_the_closed_form():
 
 
 def _predictor(checkpoint):
-    localizer, config = load_localizer(checkpoint)
+    localizer, config = load_model(checkpoint)
     return Predictor(localizer, config.diffusion, device=torch.device("cpu"))
 
 

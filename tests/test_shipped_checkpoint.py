@@ -16,7 +16,7 @@ from test_copy_move_cue import copy_moved_texture
 from diffiml_cli.checkpoint import default_checkpoint, default_checkpoint_dir
 from diffiml_cli.cli.app import app
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import load_localizer, load_mask_vae, with_copy_move_cue
+from diffiml_cli.models.build import load_model, load_mask_vae, with_copy_move_cue
 
 
 def _make_example(tmp_path: Path) -> Path:
@@ -27,7 +27,7 @@ def _make_example(tmp_path: Path) -> Path:
 def test_default_checkpoint_is_small_self_describing_and_loads():
     weights = default_checkpoint() / "model.safetensors"
     assert weights.stat().st_size <= 25 * 2**20
-    localizer, config = load_localizer(default_checkpoint())
+    localizer, config = load_model(default_checkpoint())
     assert config.encoder.backbone == "tf_efficientnet_lite0"
     assert config.resolution == "native"  # the model card's results are at native resolution
     assert config.encoder.copy_move_cue and localizer.encoder.copy_move_cue is not None
@@ -54,7 +54,7 @@ def test_the_shipped_cue_is_what_finds_a_copy_move_with_no_other_trace():
     truth = np.zeros(image.shape[:2], bool)
     truth[43:107, 63:127] = True
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-    localizer, config = load_localizer(default_checkpoint())
+    localizer, config = load_model(default_checkpoint())
     without_cue, _ = with_copy_move_cue(localizer, config, False)
     inside = {}
     for name, model in (("cue", localizer), ("no cue", without_cue)):

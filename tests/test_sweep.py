@@ -8,16 +8,14 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diffiml_cli.data.readers import load_spec
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.evaluation import EvaluateOptions, evaluate_datasets
-from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import load_localizer
-from diffiml_cli.presets import get_preset
-from diffiml_cli.sweep import SWEEP_METRICS, sampling_sweep, summarize_over_seeds, write_sweep
+from diffiml_cli.evaluation.scoring import EvaluateOptions, evaluate_datasets
+from diffiml_cli.evaluation.sweep import SWEEP_METRICS, sampling_sweep, summarize_over_seeds, write_sweep
+from diffiml_cli.inference import SamplingOptions
+from diffiml_cli.pipeline import load_localizer
 
 
 @pytest.fixture
@@ -45,19 +43,18 @@ def test_summary_over_seeds_is_mean_sample_std_and_standard_error():
 
 
 def test_every_cell_equals_a_plain_evaluate_at_its_settings(tiny_checkpoint, dataset, tmp_path):
-    localizer, config = load_localizer(tiny_checkpoint)
-    predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
-    options = EvaluateOptions(batch_size=2)
+    pipeline = load_localizer(tiny_checkpoint, device="cpu", batch_size=2)
+    options = EvaluateOptions()
     visited = []
-    document = sampling_sweep(dataset, predictor, steps_values=[1, 2], ensemble_values=[1, 3], seeds=[0, 1], tta=False,
-                              options=options, model_config=config, on_cell=lambda *cell: visited.append(cell))
+    document = sampling_sweep(dataset, pipeline, steps_values=[1, 2], ensemble_values=[1, 3], seeds=[0, 1], tta=False,
+                              options=options, on_cell=lambda *cell: visited.append(cell))
     assert visited == [(s, n, seed) for s in (1, 2) for n in (1, 3) for seed in (0, 1)]
     assert [(c["steps"], c["ensemble"]) for c in document["cells"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
     cell = document["cells"][3]["datasets"]["set"]
     assert set(cell) == set(SWEEP_METRICS)
     for seed in (0, 1):  # each seed's value is what a plain evaluate with that seed gives
-        plain = evaluate_datasets(dataset, predictor, SamplingOptions(steps=2, ensemble=3, seed=seed), options,
-                                  model_config=config).datasets["set"].metrics
+        plain = evaluate_datasets(dataset, pipeline, SamplingOptions(steps=2, ensemble=3, seed=seed),
+                                  options).datasets["set"].metrics
         assert cell["pixel_f1"]["values"][seed] == pytest.approx(plain["pixel_f1"])
         assert cell["oracle_f1"]["values"][seed] == pytest.approx(plain["oracle_f1"])
     assert cell["pixel_f1"]["mean"] == pytest.approx(np.mean(cell["pixel_f1"]["values"]))
@@ -70,14 +67,13 @@ def test_every_cell_equals_a_plain_evaluate_at_its_settings(tiny_checkpoint, dat
 
 
 def test_a_sweep_refuses_empty_grids_and_robustness(tiny_checkpoint, dataset):
-    localizer, config = load_localizer(tiny_checkpoint)
-    predictor = Predictor(localizer, config.diffusion, device=torch.device("cpu"))
+    pipeline = load_localizer(tiny_checkpoint, device="cpu")
     with pytest.raises(DiffimlError, match="at least one"):
-        sampling_sweep(dataset, predictor, steps_values=[], ensemble_values=[1], seeds=[0], tta=False,
-                       options=EvaluateOptions(), model_config=get_preset("test"))
+        sampling_sweep(dataset, pipeline, steps_values=[], ensemble_values=[1], seeds=[0], tta=False,
+                       options=EvaluateOptions())
     with pytest.raises(DiffimlError, match="clean images only"):
-        sampling_sweep(dataset, predictor, steps_values=[1], ensemble_values=[1], seeds=[0], tta=False,
-                       options=EvaluateOptions(robustness=("jpeg",)), model_config=get_preset("test"))
+        sampling_sweep(dataset, pipeline, steps_values=[1], ensemble_values=[1], seeds=[0], tta=False,
+                       options=EvaluateOptions(robustness=("jpeg",)))
 
 
 def test_evaluate_cli_sweeps_and_rejects_bad_grids(tiny_checkpoint, tmp_path, dataset):

@@ -188,14 +188,17 @@ def test_render_as_other_camera_is_a_seeded_re_rendering():
     assert changes.max() < 8  # the same scene, re-rendered, not a new image
 
 
-def test_other_camera_donors_re_render_splices_only(photos):
-    def samples(kind, other_camera_donors):
-        maker = SyntheticManipulations(photos, seed=3, authentic_share=0.0, kinds=[kind],
+def test_other_camera_donors_re_render_every_splice_and_half_the_hosts(photos):
+    def samples(kind, other_camera_donors, count):
+        maker = SyntheticManipulations(photos, seed=3, authentic_share=0.0, kinds=[kind], post_process=False,
                                        other_camera_donors=other_camera_donors)
-        return [maker.make(index)[0] for index in range(4)]
+        return [maker.make_sample(index) for index in range(count)]
 
-    assert all(np.array_equal(a, b) for a, b in zip(samples("copy_move", False), samples("copy_move", True)))
-    assert not any(np.array_equal(a, b) for a, b in zip(samples("splice", False), samples("splice", True)))
+    plain, rendered = samples("copy_move", False, 24), samples("copy_move", True, 24)
+    changed = [not np.array_equal(a.host, b.host) for a, b in zip(plain, rendered)]
+    assert 0.2 <= np.mean(changed) <= 0.8  # p = 0.5: a copy-move's host, copy and all, as by another camera
+    assert not any(np.array_equal(a.image, b.image)
+                   for a, b in zip(samples("splice", False, 4), samples("splice", True, 4)))
 
 
 def test_other_camera_rendering_reaches_authentic_photos_too(photos):

@@ -19,7 +19,7 @@ from diffiml_cli.checkpoint import load_training_state
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
 from diffiml_cli.data.training_sets import build_training_data
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.models.build import build_localizer, load_localizer
+from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
 from diffiml_cli.training import (STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine,
@@ -142,7 +142,7 @@ def test_resume_continues_the_same_trajectory(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     lines = lambda run: (tmp_path / run / "data-indices-rank0.txt").read_text().split("\n")  # noqa: E731
     assert lines("straight") == lines("resumed")  # the same data order, step for step
-    final, _ = load_localizer(tmp_path / "resumed" / "final")
+    final, _ = load_model(tmp_path / "resumed" / "final")
     torch.testing.assert_close(next(final.parameters()), next(resumed.localizer.parameters()))
 
 
@@ -230,8 +230,8 @@ def test_train_init_continues_from_a_localizer_checkpoint_and_records_its_data(t
     sources = json.loads((out / "train_config.json").read_text())["train"]["data_sources"]
     assert sources["synthetic_from"] == [str(photo_folder)] and sources["init"] == str(tiny_checkpoint)
     assert sources["synthetic_kinds"] == ["splice", "copy_move"] and sources["other_camera_donors"] is True
-    start, _ = load_localizer(tiny_checkpoint)
-    trained, _ = load_localizer(out / "final")
+    start, _ = load_model(tiny_checkpoint)
+    trained, _ = load_model(out / "final")
     for a, b in zip(start.state_dict().values(), trained.state_dict().values()):
         if a.is_floating_point() and a.dim() > 1:  # weights; BatchNorm statistics move even at lr 0
             torch.testing.assert_close(a, b)

@@ -7,11 +7,13 @@ on stderr); 2 a usage error (a bad option). Set DIFFIML_DEBUG=1 to get traceback
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import warnings
 
 import typer
 
+from diffiml_cli.cli.display import set_command_options, visible
 from diffiml_cli.errors import DiffimlError
 
 
@@ -22,8 +24,11 @@ def _reporting_errors(command):
     ignore such metadata, and stderr is kept for one line per problem.
     """
 
+    options = set(inspect.signature(command).parameters)
+
     @functools.wraps(command)
     def run(*args, **kwargs):
+        set_command_options(options)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
@@ -31,7 +36,7 @@ def _reporting_errors(command):
         except DiffimlError as error:
             if os.environ.get("DIFFIML_DEBUG") == "1":
                 raise
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"error: {visible(error)}", err=True)  # one inert line, whatever names it holds
             raise typer.Exit(code=1) from None
 
     return run
@@ -60,17 +65,14 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from diffiml_cli.cli import distill_vae
-    from diffiml_cli.cli import benchmark
-    from diffiml_cli.cli import localize
-    from diffiml_cli.cli import evaluate
-    from diffiml_cli.cli import train
+    from diffiml_cli.cli import benchmark, calibrate, distill_vae, evaluate, localize, train
 
     app.command(name="localize")(localize.localize)
     app.command(name="benchmark")(benchmark.benchmark)
     app.command(name="distill-vae")(distill_vae.distill_vae)
     app.command(name="evaluate")(evaluate.evaluate)
     app.command(name="train")(train.train)
+    app.command(name="calibrate")(calibrate.calibrate)
 
 
 _register()

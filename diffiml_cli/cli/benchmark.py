@@ -25,7 +25,7 @@ from diffiml_cli.cli.common import (
 )
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
-from diffiml_cli.models.build import build_localizer, load_localizer
+from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.presets import PRESETS, get_preset
 
 NATIVE_BENCHMARK_SIZE = 512
@@ -70,7 +70,7 @@ def benchmark(
         localizer, source = build_localizer(config), f"preset:{preset}"
     else:
         source_path = checkpoint or default_checkpoint()
-        localizer, config = load_localizer(source_path, allow_pickle=allow_pickle)
+        localizer, config = load_model(source_path, allow_pickle=allow_pickle)
         source = str(source_path)
     if image_size is None and config.resolution == "native":
         image_size = NATIVE_BENCHMARK_SIZE  # its image_size is only the training window

@@ -1,20 +1,21 @@
-"""Option types and helpers shared by several sub-commands."""
+"""Option types and helpers shared by several sub-commands. Defaults come from the library's dataclasses."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 
-from diffiml_cli.checkpoint import default_checkpoint
-from diffiml_cli.config import ModelConfig
-from diffiml_cli.inference import Predictor, SamplingOptions, resolve_device
-from diffiml_cli.models.build import load_localizer
+from diffiml_cli.distributed import rank_device
+from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions
+from diffiml_cli.pipeline import DEFAULT_TILE_OVERLAP, LocalizationPipeline, load_localizer
 
 stderr = Console(stderr=True)
+SAMPLING = SamplingOptions()  # the defaults every sampling option shows
 
 CheckpointOption = Annotated[
     str | None,
@@ -29,14 +30,28 @@ StepsOption = Annotated[int, typer.Option(help="DDIM sampling steps (sigma = 0).
 EnsembleOption = Annotated[int, typer.Option(help="Noise samples N, run as one batch; their latents are averaged.", min=1)]
 TtaOption = Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict the mirrored image and merge by max.")]
 ThresholdOption = Annotated[float, typer.Option(help="Probability at or above which a pixel counts as manipulated.", min=0.0, max=1.0)]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-Fp16Option = Annotated[bool, typer.Option("--fp16/--no-fp16", help="fp16 autocast (CUDA only).")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda (under torchrun, auto is each rank's GPU).")]
+PrecisionOption = Annotated[
+    str, typer.Option(help=f"{', '.join(PRECISIONS)}: auto is fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.")
+]
+Fp16Option = Annotated[bool, typer.Option("--fp16/--no-fp16", help="The same as --precision fp16 (CUDA only).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.")]
-BatchSizeOption = Annotated[int, typer.Option(help="Images per forward pass.", min=1)]
+BatchSizeOption = Annotated[int, typer.Option(help="Images (or tiles of one image) per forward pass.", min=1)]
 ResolutionOption = Annotated[
     str | None,
     typer.Option(help="How images reach the model: resize (squeezed to the model's training size) or native (each "
-                 "image at its own resolution, shrunk only past the model's native_max_side). Default: the checkpoint's."),
+                 "image at its own resolution). Default: the checkpoint's."),
+]
+TileOption = Annotated[
+    int | None,
+    typer.Option(help="Native models: run an image whose long side exceeds the model's native_max_side as tiles of "
+                 "this side, at full resolution (default: native_max_side); 0 shrinks such images instead.", min=0),
+]
+TileOverlapOption = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles, blended smoothly.", min=0)]
+GateOption = Annotated[
+    bool | None,
+    typer.Option("--gate/--no-gate", help="Empty the mask of an image the detector calls authentic. Default: the "
+                 "checkpoint's calibrated choice (see weights/README.md)."),
 ]
 AllowPickleOption = Annotated[
     bool,
@@ -55,26 +70,41 @@ def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
     return values
 
 
-def load_predictor(
-    checkpoint: str | None, *, device: str, fp16: bool, allow_pickle: bool, sampling: SamplingOptions,
-    compile: bool = False, resolution: str | None = None,
-) -> tuple[Predictor, ModelConfig, dict[str, Any]]:
-    """Load a checkpoint (default: the shipped one) onto a device; returns the predictor, its config (with
-    `resolution` applied when given), and the run description that `localize` and `evaluate` write beside
-    their results."""
-    source = checkpoint or default_checkpoint()
-    localizer, config = load_localizer(source, allow_pickle=allow_pickle)
-    if resolution is not None:
-        config = dataclasses.replace(config, resolution=resolution)  # an unknown name is a DiffimlError
-    torch_device = resolve_device(device)
-    predictor = Predictor(localizer, config.diffusion, device=torch_device, fp16=fp16, compile=compile)
-    run_info = {
-        "checkpoint": str(source),
-        "device": str(torch_device),
-        "fp16": fp16,
-        "cpu_threads": torch.get_num_threads(),
-        "sampling": {"steps": sampling.steps, "ensemble": sampling.ensemble, "tta": sampling.tta, "seed": sampling.seed},
-        "image_size": config.image_size,
-        "resolution": config.resolution,
-    }
-    return predictor, config, run_info
+def precision_of(precision: str, fp16: bool) -> str:
+    """--fp16 is kept as an alias of --precision fp16."""
+    return "fp16" if fp16 else precision
+
+
+def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAULT_PRECISION, fp16: bool = False,
+                  allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, **options: Any
+                  ) -> LocalizationPipeline:
+    """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU)."""
+    return load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
+                          allow_pickle=allow_pickle, sampling=sampling, **options)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[list[bool]]:
+    """Within the block, a first Ctrl-C (SIGINT) only sets the flag it yields ([True]), so the run can stop
+    after the batch in flight; a second one interrupts at once."""
+    flag = [False]
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame) -> None:
+        if flag[0]:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag[0] = True
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (a test runner): Ctrl-C keeps its default behaviour
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+TILE_OVERLAP = DEFAULT_TILE_OVERLAP

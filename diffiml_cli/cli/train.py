@@ -19,7 +19,7 @@ from diffiml_cli.data.training_sets import build_training_data, build_validation
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import resolve_device
 from diffiml_cli.models.backbone_weights import load_backbone_weights
-from diffiml_cli.models.build import (build_localizer, default_vae, load_localizer, load_mask_vae, with_copy_move_cue,
+from diffiml_cli.models.build import (build_localizer, default_vae, load_model, load_mask_vae, with_copy_move_cue,
                                      with_detector)
 from diffiml_cli.presets import get_preset
 from diffiml_cli.training import STATE_NAME, TrainOptions, Trainer
@@ -87,7 +87,7 @@ def train(
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     if init:  # the checkpoint brings its own config and VAE
-        localizer, config = load_localizer(init)
+        localizer, config = load_model(init)
         if model is not None and model != config.kind:
             raise DiffimlError(f"--init {init} is a {config.kind} model; it cannot continue as --model {model}")
         config = dataclasses.replace(config, image_size=image_size or config.image_size,

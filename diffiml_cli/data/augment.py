@@ -1,4 +1,4 @@
-"""Training-time augmentation, plus the resize and JPEG helpers the data pipeline shares.
+"""Training-time augmentation and the synthetic pipeline's editing helpers (inpainting, other-camera rendering).
 
 Two families of augmentation: naive manipulations that change content and therefore extend the
 mask (a square copied within the image, an OpenCV inpaint of a random region), and photometric
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from diffiml_cli.data import regions
+from diffiml_cli.image_ops import gaussian_blur, jpeg_compress, resize_image, resize_mask
 
 # Interpolations a resampling step may draw from; each leaves a different trace.
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4)
@@ -36,39 +37,6 @@ class AugmentConfig:
     crop_paste_side: tuple[float, float] = (0.08, 0.3)  # square side as a fraction of min(H, W)
     inpaint: float = 0.1  # naive cv2.inpaint of a random region; the mask gains the region
     inpaint_area: tuple[float, float] = (0.005, 0.06)  # region area as a fraction of the image
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: int | None = None) -> np.ndarray:
-    """Resize (H, W, C) or (H, W) uint8 to size = (width, height).
-
-    Default interpolation: INTER_AREA along an axis that shrinks (anti-aliased), INTER_LINEAR along
-    one that grows; when one axis shrinks and the other grows, the axes are resized one at a time.
-    """
-    height, width = image.shape[:2]
-    new_width, new_height = size
-    if (new_width, new_height) == (width, height):
-        return image
-    if interpolation is not None:
-        return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
-    shrinking = new_width < width or new_height < height
-    growing = new_width > width or new_height > height
-    if not (shrinking and growing):
-        return cv2.resize(image, (new_width, new_height),
-                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    image = resize_image(image, (new_width, height))
-    return resize_image(image, (new_width, new_height))
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (H, W) bool to size = (width, height), aligned with `resize_image`.
-
-    The mask is resampled as a 0/1 float (area when shrinking, linear when growing, which keeps
-    pixel centres where the image's interpolation puts them) and thresholded at 0.5.
-    """
-    if mask.shape[::-1] == tuple(size):
-        return mask
-    soft = resize_image(mask.astype(np.float32), size)
-    return soft >= 0.5
 
 
 def crop_at_native_resolution(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator,
@@ -95,21 +63,6 @@ def crop_at_native_resolution(image: np.ndarray, mask: np.ndarray, size: int, rn
         top = int(rng.integers(max(0, rows[pick] - size + 1), min(rows[pick], height - size) + 1))
         left = int(rng.integers(max(0, cols[pick] - size + 1), min(cols[pick], width - size) + 1))
     return image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
-
-
-def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
-    """Round-trip (H, W, 3) uint8 RGB through OpenCV's JPEG codec (4:2:0) at `quality` 1..100."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("OpenCV JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of (H, W, 3) uint8 with a kernel covering +-3 sigma."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    return cv2.GaussianBlur(image, (2 * radius + 1, 2 * radius + 1), sigma)
 
 
 def inpaint_region(image: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -210,7 +163,7 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         interpolation = INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))]
         image, mask = resize_image(image, size, interpolation), resize_mask(mask, size)
     if rng.random() < config.blur:
-        image = gaussian_blur(image, _uniform(rng, config.blur_sigma))
+        image = gaussian_blur(image, sigma=_uniform(rng, config.blur_sigma))
     if rng.random() < config.noise:
         noise = rng.normal(0.0, _uniform(rng, config.noise_std), size=image.shape)
         image = np.clip(image + noise, 0, 255).astype(np.uint8)

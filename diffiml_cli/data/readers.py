@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffiml_cli.data.augment import AugmentConfig, augment, crop_at_native_resolution, resize_image, resize_mask
+from diffiml_cli.data.augment import AugmentConfig, augment, crop_at_native_resolution
 from diffiml_cli.data.edges import mask_edges
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import IMAGE_EXTENSIONS, load_mask, load_rgb
+from diffiml_cli.image_ops import resize_image, resize_mask
 from diffiml_cli.image_io import image_size as read_image_size
 
 NEGATIVE = "Negative"  # IMDL-BenCo's mask entry for an authentic image

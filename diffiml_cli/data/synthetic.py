@@ -26,11 +26,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from diffiml_cli.data import regions
-from diffiml_cli.data.augment import (INTERPOLATIONS, AugmentConfig, augment, gaussian_blur, inpaint_region,
-                                      jpeg_compress, render_as_other_camera, resize_image, resize_mask)
+from diffiml_cli.data.augment import INTERPOLATIONS, AugmentConfig, augment, inpaint_region, render_as_other_camera
 from diffiml_cli.data.readers import training_sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import list_images, load_rgb
+from diffiml_cli.image_ops import gaussian_blur, jpeg_compress, resize_image, resize_mask
 
 MANIPULATION_KINDS = ("splice", "copy_move", "inpaint")
 AREA_RANGE = (0.01, 0.40)  # accepted mask area, as a fraction of the image
@@ -162,7 +162,7 @@ def _post_process(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray)
         image = resize_image(image, size, INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))])
         mask = resize_mask(mask, size)
     if rng.random() < 0.1:
-        image = gaussian_blur(image, float(rng.uniform(0.3, 1.0)))
+        image = gaussian_blur(image, sigma=float(rng.uniform(0.3, 1.0)))
     if rng.random() < 0.6:
         image = jpeg_compress(image, int(rng.integers(60, 101)))
         if rng.random() < 0.5:

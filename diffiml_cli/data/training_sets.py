@@ -51,7 +51,7 @@ def build_training_data(
                                          augment=augment, edge_width=edge_width, crop=crop))
         weights.append(1.0)
     if not datasets:
-        raise DiffimlError("no training data: give --data SPEC and/or --synthetic-from DIR")
+        raise DiffimlError("no training data: give `data` (dataset specs) and/or `synthetic_from` (photo folders)")
     if len(datasets) == 1:
         return datasets[0]
     return MixedDataset(datasets, weights, length=sum(len(d) for d in datasets), seed=seed)

@@ -198,9 +198,9 @@ def refit_checkpoint(source: str | Path, settings: RefitSettings, out_dir: str |
                      ) -> RefitResult:
     """Load a localizer checkpoint, refit its decoder, and save the result (fp16, as shipped) to `out_dir`."""
     from diffiml_cli.checkpoint import save_checkpoint
-    from diffiml_cli.models.build import load_localizer
+    from diffiml_cli.models.build import load_model
 
-    localizer, config = load_localizer(source)
+    localizer, config = load_model(source)
     settings = dataclasses.replace(settings, exclude=tuple(settings.exclude) + tuple(exclude))
     result = refit_decoder(localizer, config, settings, on_step=on_step)
     save_checkpoint(out_dir, result.localizer, result.config, half=True)

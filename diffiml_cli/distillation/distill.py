@@ -39,15 +39,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffiml_cli.checkpoint import (
-    atomic_write_bytes,
-    load_training_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-    save_training_state,
-)
+from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
 from diffiml_cli.config import MaskVAEConfig, config_to_dict
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.files import atomic_write_bytes, remove_stale_temporaries
 from diffiml_cli.distillation.targets import (
     BATCH_NORM_STREAM,
     TRAIN_STREAM,
@@ -183,7 +178,7 @@ def _resume(state_path: Path, settings: DistillSettings, student: MaskVAE, optim
     differences = [f"{key} {saved.get(key)!r} -> {wanted[key]!r}" for key in wanted if saved.get(key) != wanted[key]]
     if differences:
         raise DiffimlError(f"{state_path}: cannot resume with different settings ({'; '.join(differences)}); "
-                           "rerun with the original options or choose another --out")
+                           "rerun with the original options or choose another `out_dir`")
     student.load_state_dict(state["student"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -227,8 +222,8 @@ def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool 
     device = torch.device(device)
     state_path = out_dir / STATE_NAME
     if not resume and state_path.exists():
-        raise DiffimlError(f"{out_dir} holds an earlier run's {STATE_NAME}: pass --resume to continue it, "
-                           "or choose another --out")
+        raise DiffimlError(f"{out_dir} holds an earlier run's {STATE_NAME}: pass `resume` to continue it, "
+                           "or choose another `out_dir`")
     remove_stale_temporaries(out_dir, (STATE_NAME, REPORT_NAME))  # of a run killed mid-write
     data_masks = load_data_masks(settings.data)
     teacher = load_teacher(settings.teacher, settings.teacher_subfolder).to(device) if settings.teacher else None

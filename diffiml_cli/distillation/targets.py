@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffiml_cli.data.augment import resize_mask
 from diffiml_cli.data.edges import mask_edges, to_signed
 from diffiml_cli.data.masks import random_mask
 from diffiml_cli.data.readers import Pair, load_spec
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import load_mask
+from diffiml_cli.image_ops import resize_mask
 from diffiml_cli.metrics import false_positive_rate, pixel_f1, pixel_iou
 from diffiml_cli.models.mask_vae import MaskVAE, latent_to_probability
 

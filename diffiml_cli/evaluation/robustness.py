@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.image_ops import gaussian_blur, jpeg_compress
 
 PERTURBATION_LEVELS: dict[str, tuple[int, ...]] = {
     "jpeg": (100, 90, 80, 70, 60, 50),  # quality; lower = stronger
@@ -36,25 +36,6 @@ LEVEL_NAMES = {"jpeg": "quality", "blur": "kernel", "noise": "variance"}
 def _check_image(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-
-
-def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> the same after a JPEG encode/decode at `quality` (1..100)."""
-    _check_image(image)
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise DiffimlError("OpenCV JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def gaussian_blur(image: np.ndarray, kernel: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> Gaussian-blurred uint8 with a `kernel` x `kernel` window (odd), sigma from the kernel."""
-    _check_image(image)
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"blur kernel must be a positive odd number, got {kernel}")
-    return cv2.GaussianBlur(image, (kernel, kernel), 0)
 
 
 def gaussian_noise(image: np.ndarray, variance: float, seed: int | Sequence[int] = 0) -> np.ndarray:
@@ -93,7 +74,7 @@ class Perturbation:
         if self.kind == "jpeg":
             return jpeg_compress(image, self.level)
         if self.kind == "blur":
-            return gaussian_blur(image, self.level)
+            return gaussian_blur(image, kernel=self.level)
         return gaussian_noise(image, self.level, (self.seed, index))
 
 
@@ -104,9 +85,9 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
     kinds = tuple(part.strip().lower() for part in text.split(",") if part.strip())
     unknown = [kind for kind in kinds if kind not in PERTURBATION_LEVELS]
     if unknown:
-        raise DiffimlError(f"--robustness: unknown perturbation {unknown[0]!r}; choose from {', '.join(PERTURBATION_LEVELS)}")
+        raise DiffimlError(f"`robustness`: unknown perturbation {unknown[0]!r}; choose from {', '.join(PERTURBATION_LEVELS)}")
     if len(set(kinds)) != len(kinds):
-        raise DiffimlError(f"--robustness: {text!r} names a perturbation twice")
+        raise DiffimlError(f"`robustness`: {text!r} names a perturbation twice")
     return kinds
 
 

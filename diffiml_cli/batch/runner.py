@@ -1,0 +1,285 @@
+"""`localize` as a library: stream any number of image files through a pipeline and write each one's outputs.
+
+Memory does not grow with the folder: at most `2 * batch_size + 1` images are decoded ahead of the model (two
+threads), one batch is in the model, and one batch is being written behind it (two threads); each finished
+image leaves only its small `ImageResult`. After each batch its records are appended to `results.jsonl`
+(`records.py`), so a run killed at any point loses at most the batch in flight, and `results.json` is rebuilt
+from the records at the end. A bad input file becomes a failure and the run goes on. A write that fails
+removes the image's partial outputs and fails that image; when the disk takes no more writes (full, over
+quota, read-only), the run stops after the batch with `RunSummary.stopped` saying why. `should_stop` is asked
+after every batch (the CLI sets it on Ctrl-C). Under torchrun each rank takes every world_size-th image.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffiml_cli.batch.outputs import OUTPUT_KINDS, input_root, output_paths, scores_from_outputs, write_outputs
+from diffiml_cli.batch.records import (ImageResult, append_records, latest_by_image, mask_output, read_records,
+                                       rebuild_results_json)
+from diffiml_cli.distributed import DistributedContext
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.files import is_out_of_space, remove_stale_temporaries
+from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb
+from diffiml_cli.pipeline import LocalizationPipeline, LocalizationResult
+
+
+_KEPT = "kept"  # marks, while planning, a skip whose earlier record stands
+
+
+@dataclass(frozen=True)
+class LocalizeOptions:
+    """Where to write, how many images per model batch, whether to redo finished images, and the pixel guard."""
+
+    out_dir: Path
+    batch_size: int = 1
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class RunSummary:
+    """How a run ended. results: one per input of this rank (those not reached are absent); interrupted:
+    `should_stop` said so; stopped: why the run could not go on (the disk), else None; left: inputs of this
+    rank that were neither written nor failed."""
+
+    results: list[ImageResult] = field(default_factory=list)
+    interrupted: bool = False
+    stopped: str | None = None
+    left: int = 0
+    run_id: str = ""
+    attempted: int = 0  # inputs of the to-do list that ended ok or failed
+
+    def count(self, status: str) -> int:
+        return sum(result.status == status for result in self.results)
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the output folder (and its parents); a DiffimlError when it cannot be one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiffimlError(f"{out_dir}: the output folder exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DiffimlError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from None
+
+
+@dataclass
+class _Loaded:
+    path: Path
+    paths: dict[str, Path]
+    image: np.ndarray
+    load_seconds: float
+
+
+def _load(path: Path, paths: dict[str, Path], max_pixels: int) -> _Loaded:
+    start = time.perf_counter()
+    return _Loaded(path, paths, load_rgb(path, max_pixels=max_pixels), time.perf_counter() - start)
+
+
+def _write(item: _Loaded, result: LocalizationResult) -> None:
+    item.paths["mask"].parent.mkdir(parents=True, exist_ok=True)  # sub-folders mirror the input's
+    write_outputs(item.image, result, item.paths)
+
+
+def localize_files(
+    images: Sequence[Path],
+    pipeline: LocalizationPipeline,
+    options: LocalizeOptions,
+    *,
+    on_result: Callable[[ImageResult], None] = lambda result: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    context: DistributedContext = DistributedContext(),
+    run_info: dict | None = None,
+) -> RunSummary:
+    """Localize `images` (this rank's share of them) into `options.out_dir`; see the module docstring.
+
+    Never raises for a single bad file. Raises DiffimlError when `out_dir` cannot be created.
+    """
+    out_dir = options.out_dir
+    prepare_out_dir(out_dir)
+    summary = RunSummary(run_id=context.broadcast(uuid.uuid4().hex))
+    decided, todo = _plan(images, out_dir, overwrite=options.overwrite)
+    decided = [result for result in decided if context.is_main]  # skips and refusals: recorded once
+    todo = context.shard(todo)
+    # A skip whose earlier record survives keeps that record (and its run's numbers); the others are recorded.
+    fresh = [result for result in decided if not (result.status == "skipped" and result.note == _KEPT)]
+    for result in fresh:
+        result.run_id = summary.run_id
+    _record(out_dir, fresh, summary, on_result)
+    recorded = {id(result) for result in fresh}
+    for result in decided:
+        if id(result) not in recorded:
+            result.note = None
+            summary.results.append(result)
+            on_result(result)
+    for folder in {paths["mask"].parent for _, paths in todo}:
+        remove_stale_temporaries(folder, [p.name for _, paths in todo for p in paths.values() if p.parent == folder])
+    if summary.stopped is None:
+        _stream(todo, pipeline, options, summary, on_result, should_stop)
+    summary.left = len(todo) - summary.attempted
+    context.barrier()  # every rank's records are in before rank 0 rebuilds results.json
+    if context.is_main:
+        try:
+            rebuild_results_json(out_dir, {**pipeline.run_info(), **(run_info or {})})
+        except (OSError, DiffimlError) as error:
+            summary.stopped = summary.stopped or _disk_reason(out_dir, error)
+    return summary
+
+
+def _stream(todo, pipeline: LocalizationPipeline, options: LocalizeOptions, summary: RunSummary,
+            on_result, should_stop) -> None:
+    """Decode ahead, predict, write behind; record each batch once its outputs are written."""
+    pending: deque[tuple[list[ImageResult], list[Future]]] = deque()
+    with ThreadPoolExecutor(max_workers=2) as loader, ThreadPoolExecutor(max_workers=2) as writer:
+        for batch, failures in _batches(todo, options, loader):
+            for failure in failures:
+                failure.run_id = summary.run_id
+            summary.attempted += len(failures)
+            _record(options.out_dir, failures, summary, on_result)
+            if batch:
+                start = time.perf_counter()
+                predictions = pipeline.predict_many([item.image for item in batch])
+                seconds = (time.perf_counter() - start) / len(batch)
+                results = [_result_for(item, prediction, seconds, summary.run_id)
+                           for item, prediction in zip(batch, predictions)]
+                pending.append((results, [writer.submit(_write, item, p) for item, p in zip(batch, predictions)]))
+            while len(pending) > 1:  # write-behind of one batch: the model goes on meanwhile
+                _finish(pending.popleft(), options.out_dir, summary, on_result)
+            if summary.stopped is not None or should_stop():
+                summary.interrupted = summary.stopped is None
+                break
+        while pending:
+            _finish(pending.popleft(), options.out_dir, summary, on_result)
+
+
+def _batches(todo, options: LocalizeOptions, loader: ThreadPoolExecutor
+             ) -> Iterator[tuple[list[_Loaded], list[ImageResult]]]:
+    """Yield (decoded batch, the files of it that could not be read), at most 2 * batch_size + 1 decodes ahead."""
+    ahead = 2 * options.batch_size + 1
+    queue: deque[tuple[Path, Future]] = deque()
+    items = iter(todo)
+    batch: list[_Loaded] = []
+    failures: list[ImageResult] = []
+    while True:
+        while len(queue) < ahead and (item := next(items, None)) is not None:
+            queue.append((item[0], loader.submit(_load, item[0], item[1], options.max_pixels)))
+        if not queue:
+            break
+        path, future = queue.popleft()
+        try:
+            batch.append(future.result())
+        except DiffimlError as error:
+            failures.append(ImageResult(str(path), "failed", error=str(error)))
+        if len(batch) == options.batch_size or len(failures) >= options.batch_size:
+            yield batch, failures
+            batch, failures = [], []
+    if batch or failures:
+        yield batch, failures
+
+
+def _result_for(item: _Loaded, prediction: LocalizationResult, seconds: float, run_id: str) -> ImageResult:
+    height, width = item.image.shape[:2]
+    return ImageResult(
+        image=str(item.path), status="ok", image_score=round(prediction.image_score, 6),
+        detection_score=None if prediction.detection_score is None else round(prediction.detection_score, 6),
+        verdict=prediction.verdict, gated=prediction.gated, manipulated_fraction=prediction.manipulated_fraction,
+        width=width, height=height, tiles=prediction.tiles, outputs={k: str(v) for k, v in item.paths.items()},
+        timings={"load_s": round(item.load_seconds, 4), "predict_s": round(seconds, 4)}, run_id=run_id,
+    )
+
+
+def _finish(entry: tuple[list[ImageResult], list[Future]], out_dir: Path, summary: RunSummary, on_result) -> None:
+    """Wait for one batch's writes; an image whose write failed becomes a failure; then record the batch."""
+    results, futures = entry
+    summary.attempted += len(results)
+    for result, future in zip(results, futures):
+        start = time.perf_counter()
+        try:
+            future.result()
+        except (DiffimlError, OSError) as error:
+            result.status, result.error = "failed", f"{result.image}: cannot write outputs ({error})"
+            result.outputs = {}
+            if is_out_of_space(error.__cause__ if isinstance(error, DiffimlError) else error):
+                summary.stopped = _disk_reason(out_dir, error)
+        result.timings["write_s"] = round(time.perf_counter() - start, 4)
+    _record(out_dir, results, summary, on_result)
+
+
+def _record(out_dir: Path, results: list[ImageResult], summary: RunSummary, on_result) -> None:
+    """Append the records durably; when even that fails for lack of space, stop the run (records written
+    before stay valid)."""
+    if not results:
+        return
+    try:
+        append_records(out_dir, results)
+    except OSError as error:
+        summary.stopped = _disk_reason(out_dir, error)
+    summary.results.extend(results)
+    for result in results:
+        on_result(result)
+
+
+def _disk_reason(out_dir: Path, error: BaseException) -> str:
+    cause = error.__cause__ if isinstance(error, DiffimlError) and error.__cause__ else error
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    return f"{out_dir}: {reason.lower()}; nothing more can be written there"
+
+
+def _plan(images: Sequence[Path], out_dir: Path, *, overwrite: bool) -> tuple[list[ImageResult], list]:
+    """Decide per image: write it (the returned to-do list), skip it (its outputs exist: it keeps its earlier
+    record, or one recomputed from its PNGs), or fail it (its outputs would replace an input, another input's
+    outputs, or an earlier run's outputs of another image: each name is `<stem>_<kind>.png`)."""
+    root = input_root(images)
+    inputs = {p.resolve() for p in images}
+    earlier = latest_by_image(read_records(out_dir))
+    owners_before = {mask_output(entry): os.path.realpath(image) for image, entry in earlier.items()
+                     if mask_output(entry) and entry.get("status") in ("ok", "skipped")}
+    decided: list[ImageResult] = []
+    todo: list[tuple[Path, dict[str, Path]]] = []
+    owners: dict[Path, Path] = {}  # output -> the first input of this run that writes it
+    for path in images:
+        paths = output_paths(path, root, out_dir)
+        clobbers = [str(p) for p in paths.values() if p.resolve() in inputs]
+        owner = next((owners[p] for p in paths.values() if p in owners), None)
+        for output in paths.values():
+            owners.setdefault(output, path)
+        earlier_owner = owners_before.get(os.path.realpath(paths["mask"]), os.path.realpath(path))
+        names = f"({paths['mask'].name}, ...)"
+        if clobbers:
+            failure = f"refusing to overwrite input {clobbers[0]}"
+        elif owner is not None:
+            failure = f"its outputs {names} would overwrite those of {owner}; rename one of them or localize it with another `out_dir`"
+        elif overwrite or not all(p.exists() for p in paths.values()):
+            todo.append((path, paths))
+            continue
+        elif earlier_owner != os.path.realpath(path):
+            failure = (f"{paths['mask'].parent} already holds the outputs {names} of another image, {earlier_owner}; "
+                       "use another `out_dir`, or `overwrite` to replace them")
+        else:
+            decided.append(_skipped(path, paths, earlier.get(str(path))))
+            continue
+        decided.append(ImageResult(str(path), "failed", error=f"{path}: {failure}"))
+    return decided, todo
+
+
+def _skipped(path: Path, paths: dict[str, Path], earlier: dict | None) -> ImageResult:
+    """A skipped image's record: its earlier record's numbers, or, with none, numbers read from its PNGs."""
+    outputs = {kind: str(paths[kind]) for kind in OUTPUT_KINDS}
+    if earlier is not None and earlier.get("status") in ("ok", "skipped"):
+        keep = {k: earlier.get(k) for k in ("image_score", "detection_score", "verdict", "gated",
+                                             "manipulated_fraction", "width", "height", "tiles", "note")}
+        keep["gated"], keep["note"] = bool(keep["gated"]), _KEPT
+        return ImageResult(str(path), "skipped", outputs=outputs, **keep)
+    recovered = scores_from_outputs(paths) or {}
+    return ImageResult(str(path), "skipped", outputs=outputs, note=f"no record of the run that wrote them: scores "
+                       f"read from {paths['prob'].name}; no detection score", **recovered)

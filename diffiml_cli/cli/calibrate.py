@@ -1,0 +1,46 @@
+"""`diffiml calibrate`: choose the detector's decision threshold for a target false-alarm rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
+                                    EnsembleOption, PrecisionOption, SeedOption, StepsOption, open_pipeline, stderr)
+from diffiml_cli.cli.display import markup_safe
+from diffiml_cli.evaluation.calibration import calibrate as choose, write_calibrated
+from diffiml_cli.evaluation.datasets import load_datasets
+from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
+
+
+def calibrate(
+    data: Annotated[str, typer.Option("--data", "-d", help="The calibration set: a Tp/Gt/Au folder or an IMDL-BenCo "
+                    "JSON with authentic images (docs/make_detection_sets.py makes one from held-out photos).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the calibrated copy of the checkpoint.")],
+    checkpoint: CheckpointOption = None,
+    target_far: Annotated[float, typer.Option(help="The share of authentic images the verdict may call manipulated.",
+                                              min=0.0, max=0.99)] = 0.05,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Whether localize empties the masks of images the "
+                                       "verdict calls authentic, unless told otherwise.")] = False,
+    steps: StepsOption = SAMPLING.steps,
+    ensemble: EnsembleOption = SAMPLING.ensemble,
+    seed: SeedOption = SAMPLING.seed,
+    batch_size: BatchSizeOption = 1,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = DEFAULT_PRECISION,
+    allow_pickle: AllowPickleOption = False,
+) -> None:
+    """Score the calibration set, pick the lowest detection threshold whose authentic false-alarm rate is at most
+    --target-far, and write the checkpoint with that threshold (and --gate) in its config; weights unchanged."""
+    (name, (spec, pairs)), = load_datasets([data]).items()
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed)
+    pipeline = open_pipeline(checkpoint, device=device, precision=precision, allow_pickle=allow_pickle,
+                             sampling=sampling, batch_size=batch_size, gate=False)
+    calibration, report = choose(pipeline, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
+    write_calibrated(pipeline.source, calibration, out)
+    stderr.print(
+        f"threshold {calibration.threshold:.4f}: false alarms {calibration.far:.3f} of {calibration.n_authentic} "
+        f"authentic images (target {target_far:g}), detected {calibration.tpr:.3f} of {calibration.n_tampered} "
+        f"tampered; image AUC {report.metrics['image_auc']:.3f} -> {markup_safe(out)}", soft_wrap=True)

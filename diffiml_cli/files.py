@@ -1,0 +1,119 @@
+"""File safety: atomic writes, the temporaries a killed writer leaves, durable appends, and locks.
+
+Every file diffiml writes under a final name is written to `.<name>.<random>.tmp` beside it, flushed, fsynced
+and renamed over the name, so a reader never sees half a file. A writer killed mid-write leaves only such a
+temporary, which `remove_stale_temporaries` deletes before the next write of that name. Records that must
+survive a kill are appended whole, one line per record, and fsynced (`append_lines`). Two processes that share
+a folder take `locked(folder / LOCK_NAME)` around what must not interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from diffiml_cli.errors import DiffimlError
+
+# Errors after which nothing more can be written to that filesystem.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _process_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import, before any writer thread exists
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether `error` means the filesystem takes no more writes (full, over quota, read-only)."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new, empty, private temporary file `.<name>.<random>.tmp` in path's folder; the caller fills and
+    renames it (see `atomic_write`). Its mode becomes the usual 0666 minus the umask once renamed."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have `write(temporary)` fill a temporary beside `path`, fsync it, then rename it over `path`.
+
+    On any failure the temporary is removed and the error propagates; `path` is untouched.
+    """
+    path = Path(path)
+    temporary = temporary_beside(path)  # the folder must exist: a missing one is the caller's error
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_write`)."""
+
+    def write(temporary: Path) -> None:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+            handle.write(data)
+
+    atomic_write(path, write)
+
+
+def remove_stale_temporaries(directory: str | Path, names: Sequence[str]) -> None:
+    """Delete the `.<name>.<random>.tmp` files that a writer killed mid-write left in `directory` for each of
+    `names`; a folder that does not exist has none."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            for stale in Path(directory).glob(f".{_glob_escape(name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines to `path` with one write, then fsync: after a kill, every line appended before it is
+    there in full, and at most the last line of an interrupted append is cut short (readers skip it)."""
+    if not lines:
+        return
+    data = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive POSIX lock (`fcntl.lockf`, which also works over NFS) on `lock_path`, held for the block;
+    it waits for another process that holds it. The lock file itself stays (it holds nothing)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise DiffimlError(f"{lock_path}: cannot create the lock file ({error.strerror or error})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
