@@ -2,7 +2,8 @@
 
 Everything is measured on the code that `diffiml localize` runs: FLOPs are counted by running the real
 modules under `flops.count_flops` (CPU fused attention included), and timings call `Predictor.predict`
-itself. FLOPs follow torch's counter: a multiply-add is 2 FLOPs and only matmul-like operators count;
+itself (through `LocalizationPipeline.predict_many`, as `localize` runs it, so preparing the input and resizing
+the maps back are timed too). FLOPs follow torch's counter: a multiply-add is 2 FLOPs and only matmul-like operators count;
 GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among them) call "FLOPs".
 
 Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DDIM steps, `Predictor.predict`
@@ -17,18 +18,19 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
     {
       "schema_version": 1,
       "model": {"source": str, "random_init": bool, "image_size": int, "config": {...ModelConfig...}},
-      "device": {"type": "cpu" | "cuda", "name": str, "fp16": bool, "compile": bool, "cpu_threads": int,
-                 "torch": str},
+      "device": {"type": "cpu" | "cuda", "name": str, "precisions": [str], "compile": bool, "cpu_threads": int,
+                 "torch": str, "native_bf16": bool},
       "sampling": {"steps": int, "tta": bool, "seed": int},
       "parameters": {"total": int, "encoder": int, "head": int, "denoiser": int, "vae": int},
-      "settings": [                                # one per (ensemble, batch_size), ensemble-major
+      "settings": [                                # one per (precision, ensemble, batch_size), in that order
         {
-          "ensemble": int, "batch_size": int,
+          "precision": "fp32" | "bf16" | "fp16", "ensemble": int, "batch_size": int,
+          "speedup_vs_fp32": float | null,         # fp32's median ms / this row's, when fp32 was measured too
           "flops": {                               # `count_pipeline_flops`
             "image_size": int, "steps": int, "ensemble": int, "tta": bool, "views": int,
             "calls_per_image": {"encoder": int, "head": int, "denoiser": int, "vae_decode": int},
             "flops": {PART: int}, "gflops": {PART: float}, "gmacs": {PART: float},
-          },                                       # PART: total, encoder, head, denoiser, denoiser_per_step, vae_decode
+          },                          # PART: total, encoder, head, denoiser, denoiser_per_step, vae_decode, detector
           "timing": {                              # `time_predict`
             "warmup": int, "iters": int, "timer": "cuda_events" | "perf_counter",
             "batch_ms": [float, ...],              # every timed call, in order
@@ -47,40 +49,55 @@ discriminative baseline's) is 0 for a diffusion model, and `denoiser` and `vae_d
 
 from __future__ import annotations
 
+import dataclasses
 import platform
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_to_dict
+from diffiml_cli.config import ModelConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.flops import count_flops
-from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.inference import Predictor, SamplingOptions, cpu_has_native_bf16
 from diffiml_cli.models.build import AnyLocalizer
+from diffiml_cli.models.detector import CELL_CHANNELS
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
-from diffiml_cli.models.mask_vae import MaskVAE
+from diffiml_cli.pipeline import LocalizationPipeline
+from diffiml_cli.timing import summarize, time_call_ms
+from diffiml_cli.vae_comparison import compare_vae
 
-SCHEMA_VERSION = 1
-FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "vae_decode")
+SCHEMA_VERSION = 2
+FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "vae_decode", "detector")
 
-# The Stable Diffusion VAE (stabilityai/sd-vae-ft-mse) architecture: the teacher LightVAE replaces.
-SD_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-}
+NATIVE_BENCHMARK_SIZE = 512  # a native model's image_size is only its training window
+
+
+def benchmark_model(checkpoint: str | None, preset: str | None, *, image_size: int | None = None,
+                    allow_pickle: bool = False) -> tuple[AnyLocalizer, ModelConfig, str]:
+    """(model, its config at the benchmarked square `image_size`, a description of the source): a random-init
+    model of `preset`, or the checkpoint (default: the shipped one). A native model defaults to 512 px."""
+    from diffiml_cli.checkpoint import default_checkpoint
+    from diffiml_cli.models.build import build_localizer, load_model
+    from diffiml_cli.presets import get_preset
+
+    if checkpoint and preset:
+        raise DiffimlError("pass `checkpoint` or `preset`, not both")
+    if preset:
+        torch.manual_seed(0)
+        config = get_preset(preset)
+        localizer, source = build_localizer(config), f"preset:{preset}"
+    else:
+        source_path = checkpoint or default_checkpoint()
+        localizer, config = load_model(source_path, allow_pickle=allow_pickle)
+        source = str(source_path)
+    if image_size is None and config.resolution == "native":
+        image_size = NATIVE_BENCHMARK_SIZE
+    if image_size is not None:
+        config = dataclasses.replace(config, image_size=image_size)  # validates the size for this model
+    return localizer, config, source
 
 
 def count_parameters(localizer: AnyLocalizer) -> dict[str, int]:
@@ -91,7 +108,7 @@ def count_parameters(localizer: AnyLocalizer) -> dict[str, int]:
         return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
     return {"total": sum(p.numel() for p in localizer.parameters())} | {
-        part: numel(part) for part in ("encoder", "head", "denoiser", "vae")
+        part: numel(part) for part in ("encoder", "head", "denoiser", "vae", "detector")
     }
 
 
@@ -124,14 +141,20 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
         denoiser_step = count_flops(lambda: localizer.denoiser(x_t, t, condition)).flops
         vae_decode = count_flops(lambda: localizer.decode_mask(x_t)).flops
         calls = {"encoder": views, "head": 0, "denoiser": steps * ensemble * views, "vae_decode": views * (1 + ensemble)}
+    detector = 0
+    if localizer.detector is not None:  # once per image, on the merged views
+        cells = torch.rand(1, CELL_CHANNELS, *condition.shape[-2:], device=device)
+        detector = count_flops(lambda: localizer.detector.score(localizer.detector(condition, cells), cells)).flops
+    calls["detector"] = int(localizer.detector is not None)
     flops = {
         "encoder": encoder * calls["encoder"],
         "head": head * calls["head"],
         "denoiser": denoiser_step * calls["denoiser"],
         "denoiser_per_step": denoiser_step,
         "vae_decode": vae_decode * calls["vae_decode"],
+        "detector": detector,
     }
-    flops["total"] = flops["encoder"] + flops["head"] + flops["denoiser"] + flops["vae_decode"]
+    flops["total"] = flops["encoder"] + flops["head"] + flops["denoiser"] + flops["vae_decode"] + detector
     flops = {part: flops[part] for part in FLOP_PARTS}
     return {
         "image_size": image_size,
@@ -146,31 +169,8 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
     }
 
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles and range of a list of measurements."""
-    array = np.asarray(values, dtype=np.float64)
-    q25, median, q75 = np.percentile(array, [25, 50, 75])
-    return {"median": float(median), "q25": float(q25), "q75": float(q75), "min": float(array.min()), "max": float(array.max())}
-
-
-def _time_call_ms(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall time of one `fn()` in ms: CUDA events around it on a GPU, `perf_counter` on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
-    start_s = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start_s) * 1000.0
-
-
 def time_predict(
-    predictor: Predictor,
+    pipeline: LocalizationPipeline,
     options: SamplingOptions,
     *,
     image_size: int,
@@ -178,114 +178,30 @@ def time_predict(
     warmup: int,
     iters: int,
 ) -> dict[str, Any]:
-    """Time `predictor.predict` on a batch of random images, after `warmup` untimed calls.
-
-    The images start on the CPU, as they do in `localize`, so the host-to-device copy and the copy of
-    the results back are part of every timed call.
-    """
+    """Time `pipeline.predict_many` on `batch_size` random (image_size, image_size, 3) uint8 images, as one model
+    batch, after `warmup` untimed calls: preparing the input, the host-device copies, the model, cropping and
+    resizing the maps back are all inside every timed call."""
     if iters < 1:
-        raise DiffimlError(f"--iters must be at least 1, got {iters}")
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(batch_size, 3, image_size, image_size, generator=generator)
+        raise DiffimlError(f"`iters` must be at least 1, got {iters}")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8) for _ in range(batch_size)]
+    pipeline.batch_size = batch_size
     for _ in range(warmup):
-        predictor.predict(images, options)
-    batch_ms = [_time_call_ms(lambda: predictor.predict(images, options), predictor.device) for _ in range(iters)]
+        pipeline.predict_many(images, options)
+    device = pipeline.predictor.device
+    batch_ms = [time_call_ms(lambda: pipeline.predict_many(images, options), device) for _ in range(iters)]
     return {
         "warmup": warmup,
         "iters": iters,
-        "timer": "cuda_events" if predictor.device.type == "cuda" else "perf_counter",
+        "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
         "batch_ms": batch_ms,
         "ms_per_image": summarize([ms / batch_size for ms in batch_ms]),
         "images_per_second": summarize([1000.0 * batch_size / ms for ms in batch_ms]),
     }
 
 
-def _import_autoencoder_kl() -> type:
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as error:
-        raise DiffimlError("--compare-vae needs diffusers: pip install diffusers") from error
-    return AutoencoderKL
-
-
-def compare_vae(
-    image_size: int,
-    device: torch.device,
-    iters: int,
-    *,
-    warmup: int = 1,
-    vae_config: MaskVAEConfig | None = None,
-    fp16: bool = False,
-) -> dict[str, Any]:
-    """Time mask encode + decode with LightVAE (MaskVAE) against the Stable Diffusion VAE architecture.
-
-    Both are random-init (speed does not depend on weights), in eval mode, under `inference_mode`,
-    and fp16 autocast when `fp16`. The input is one (1, 1, S, S) mask in {-1, 1}; the SD VAE gets it
-    repeated to 3 channels and decodes the mode of its latent distribution. MaskVAE runs channels-last,
-    as `Predictor` runs it; the SD VAE runs in diffusers' default NCHW layout, which on the CPU is the
-    faster of the two for it (channels-last was ~1.5x slower on torch 2.14). FLOPs of each are counted
-    on its first warmup call, so at least one untimed call always runs.
-
-    Returns {"image_size", "device", "fp16", "warmup", "iters", "mask_vae": PART, "sd_vae": PART,
-    "speedup": SD median ms / MaskVAE median ms, "speedup_min": the same for the fastest calls,
-    "flops_ratio": SD FLOPs / MaskVAE FLOPs}, with
-    PART = {"parameters": int, "gflops": float, "memory_format": str, "ms": STATS, "calls_ms": [float]}.
-    On a busy CPU the millisecond-scale MaskVAE suffers more from sharing cores than the SD VAE (its
-    many short kernels each wait at a thread barrier), so `speedup_min` is the less load-biased ratio.
-    """
-    AutoencoderKL = _import_autoencoder_kl()
-    if iters < 1:
-        raise DiffimlError(f"--iters must be at least 1, got {iters}")
-    if fp16 and device.type != "cuda":
-        raise DiffimlError("`fp16` needs a CUDA device; on the CPU inference runs in fp32")
-    generator = torch.Generator().manual_seed(0)
-    mask = (torch.rand(1, 1, image_size, image_size, generator=generator) > 0.5).float() * 2.0 - 1.0
-
-    mask_vae = MaskVAE(vae_config or MaskVAEConfig()).eval().to(device, memory_format=torch.channels_last)
-    mask_input = mask.to(device).contiguous(memory_format=torch.channels_last)
-    sd_vae = AutoencoderKL(**SD_VAE_CONFIG).eval().to(device)
-    sd_input = mask.repeat(1, 3, 1, 1).to(device)
-
-    def run_mask_vae() -> torch.Tensor:
-        return mask_vae.decode(mask_vae.encode(mask_input))
-
-    def run_sd_vae() -> torch.Tensor:
-        return sd_vae.decode(sd_vae.encode(sd_input).latent_dist.mode()).sample
-
-    autocast = torch.autocast("cuda", dtype=torch.float16) if fp16 else nullcontext()
-    parts = {}
-    with torch.inference_mode(), autocast:
-        for name, model, fn, memory_format in (
-            ("mask_vae", mask_vae, run_mask_vae, "channels_last"),
-            ("sd_vae", sd_vae, run_sd_vae, "contiguous"),
-        ):
-            flops = count_flops(fn).flops
-            for _ in range(warmup - 1):
-                fn()
-            calls_ms = [_time_call_ms(fn, device) for _ in range(iters)]
-            parts[name] = {
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "gflops": flops / 1e9,
-                "memory_format": memory_format,
-                "ms": summarize(calls_ms),
-                "calls_ms": calls_ms,
-            }
-    return {
-        "image_size": image_size,
-        "device": str(device),
-        "fp16": fp16,
-        "warmup": max(warmup, 1),
-        "iters": iters,
-        "mask_vae": parts["mask_vae"],
-        "sd_vae": parts["sd_vae"],
-        "speedup": parts["sd_vae"]["ms"]["median"] / parts["mask_vae"]["ms"]["median"],
-        "speedup_min": parts["sd_vae"]["ms"]["min"] / parts["mask_vae"]["ms"]["min"],
-        "flops_ratio": parts["sd_vae"]["gflops"] / parts["mask_vae"]["gflops"],
-    }
-
-
-def describe_device(device: torch.device, fp16: bool, compile: bool = False) -> dict[str, Any]:
-    """The device a benchmark ran on and how the predictor ran there, with the CPU thread count."""
+def describe_device(device: torch.device, precisions: Sequence[str], compile: bool = False) -> dict[str, Any]:
+    """The device a benchmark ran on, its precisions, and the CPU thread count and native bf16 support."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -299,10 +215,11 @@ def describe_device(device: torch.device, fp16: bool, compile: bool = False) -> 
     return {
         "type": device.type,
         "name": name,
-        "fp16": fp16,
+        "precisions": list(precisions),
         "compile": compile,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None,
     }
 
 
@@ -313,7 +230,7 @@ def run_benchmark(
     source: str,
     random_init: bool,
     device: torch.device,
-    fp16: bool = False,
+    precisions: Sequence[str] = ("fp32",),
     compile: bool = False,
     steps: int = 8,
     ensembles: Sequence[int] = (1, 5),
@@ -325,48 +242,59 @@ def run_benchmark(
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Parameters, FLOPs and `Predictor.predict` timings for every (ensemble, batch size) pair.
+    """Parameters, FLOPs and `LocalizationPipeline.predict_many` timings for every (precision, ensemble, batch
+    size), with each precision's speed-up over fp32 measured side by side in this run.
 
-    `config.image_size` is the size benchmarked (it may differ from the size the weights were trained
-    at; the networks are fully convolutional). With `compile`, the denoiser is compiled during the first
-    warmup call of each new input shape, so keep `warmup` >= 1. Returns the structure in the module docstring.
+    `config.image_size` is the size benchmarked (it may differ from the size the weights were trained at; the
+    networks are fully convolutional). With `compile`, the denoiser is compiled during the first warmup call of
+    each new input shape, so keep `warmup` >= 1. Returns the structure in the module docstring.
     """
     progress = on_progress or (lambda message: None)
     if warmup < 0:
-        raise DiffimlError(f"--warmup must be at least 0, got {warmup}")
+        raise DiffimlError(f"`warmup` must be at least 0, got {warmup}")
     if iters < 1:
-        raise DiffimlError(f"--iters must be at least 1, got {iters}")
+        raise DiffimlError(f"`iters` must be at least 1, got {iters}")
     image_size = config.image_size
-    # Build the sampling options first: a bad --steps or --ensemble fails before any slow work.
+    # Build the sampling options first: bad steps or ensemble sizes fail before any slow work.
     options = {N: SamplingOptions(steps=steps, ensemble=N, tta=tta, seed=seed) for N in ensembles}
     vae_comparison = None
     if with_vae_comparison:
         progress(f"VAE comparison at {image_size}px")
-        vae_comparison = compare_vae(image_size, device, iters, warmup=warmup, vae_config=config.vae, fp16=fp16)
-
-    predictor = Predictor(localizer, config.diffusion, device=device, precision="fp16" if fp16 else "fp32", compile=compile)
+        vae_comparison = compare_vae(image_size, device, iters, warmup=warmup, vae_config=config.vae,
+                                     fp16="fp16" in precisions)
+    if config.resolution == "native":  # the benchmarked square must run in one pass, neither shrunk nor tiled
+        config = dataclasses.replace(config, native_max_side=max(config.native_max_side, image_size))
+    flops = {N: count_pipeline_flops(localizer.to(device), image_size, steps, N, tta) for N in ensembles}
     settings = []
-    for N in ensembles:
-        progress(f"counting FLOPs, N={N}")
-        flops = count_pipeline_flops(predictor.localizer, image_size, steps, N, tta)
-        for batch_size in batch_sizes:
-            progress(f"timing N={N}, batch {batch_size}: {warmup} warmup + {iters} timed calls")
-            timing = time_predict(
-                predictor, options[N], image_size=image_size, batch_size=batch_size, warmup=warmup, iters=iters
-            )
-            settings.append({"ensemble": N, "batch_size": batch_size, "flops": flops, "timing": timing})
-
+    for precision in precisions:
+        predictor = Predictor(localizer, config.diffusion, device=device, precision=precision, compile=compile)
+        pipeline = LocalizationPipeline(predictor, config, tile=0)
+        for N in ensembles:
+            for batch_size in batch_sizes:
+                progress(f"timing {predictor.precision}, N={N}, batch {batch_size}: {warmup} warmup + {iters} timed calls")
+                timing = time_predict(pipeline, options[N], image_size=image_size, batch_size=batch_size,
+                                      warmup=warmup, iters=iters)
+                settings.append({"precision": predictor.precision, "ensemble": N, "batch_size": batch_size,
+                                 "flops": flops[N], "timing": timing, "speedup_vs_fp32": None})
+    _speedups(settings)
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": {
-            "source": source,
-            "random_init": random_init,
-            "image_size": image_size,
-            "config": config_to_dict(config),
-        },
-        "device": describe_device(device, fp16, compile),
+        "model": {"source": source, "random_init": random_init, "image_size": image_size,
+                  "config": dataclasses.asdict(config)},
+        "device": describe_device(device, [row["precision"] for row in settings[:: len(ensembles) * len(batch_sizes)]],
+                                  compile),
         "sampling": {"steps": steps, "tta": tta, "seed": seed},
         "parameters": count_parameters(localizer),
         "settings": settings,
         "vae_comparison": vae_comparison,
     }
+
+
+def _speedups(settings: list[dict]) -> None:
+    """Fill each row's speed-up over the fp32 row of the same (N, batch), when there is one."""
+    fp32 = {(r["ensemble"], r["batch_size"]): r["timing"]["ms_per_image"]["median"]
+            for r in settings if r["precision"] == "fp32"}
+    for row in settings:
+        baseline = fp32.get((row["ensemble"], row["batch_size"]))
+        if baseline is not None:
+            row["speedup_vs_fp32"] = baseline / row["timing"]["ms_per_image"]["median"]

@@ -11,6 +11,7 @@ its writes are not atomic. The Hub part is still huggingface_hub's own `hf_hub_d
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, atomic_write_bytes, remove_stale_temporaries
 
@@ -67,7 +68,7 @@ def save_state(directory: str | Path, state: dict[str, torch.Tensor], config: An
         raise DiffimlError(f"cannot save a checkpoint for config type {type(config).__name__}")
     directory = Path(directory)
     header = {"format": "diffiml", "format_version": FORMAT_VERSION, "model_type": model_type}
-    header["config"] = config_to_dict(config)
+    header["config"] = dataclasses.asdict(config)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory, (WEIGHTS_NAME, CONFIG_NAME))  # of a writer killed mid-write

@@ -172,11 +172,6 @@ class ModelConfig:
         return max(32, 8 * 2 ** (len(self.denoiser.block_out_channels) - 1))
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return dataclasses.asdict(config)
-
-
 def _as_tuple(value: Any) -> Any:
     """Recursively turn JSON lists back into tuples, so configs stay hashable and compare equal."""
     if isinstance(value, list):
@@ -185,7 +180,7 @@ def _as_tuple(value: Any) -> Any:
 
 
 def config_from_dict(config_type: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from `config_to_dict` output; unknown keys are an error."""
+    """Rebuild a (nested) config dataclass from `dataclasses.asdict` output; unknown keys are an error."""
     if not isinstance(data, dict):
         raise DiffimlError(f"{config_type.__name__}: expected a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(config_type)}

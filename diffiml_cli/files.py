@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -37,10 +38,21 @@ def is_out_of_space(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
 
 
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, APFS and NTFS alike
+
+
+def _temporary_prefix(name: str) -> str:
+    """`.<name>.`, or `.<hash of name>.` when that would leave no room for mkstemp's 8 random characters and
+    `.tmp` within NAME_MAX."""
+    if len(os.fsencode(name)) + 14 <= NAME_MAX:
+        return f".{name}."
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:32]}."
+
+
 def temporary_beside(path: Path) -> Path:
     """A new, empty, private temporary file `.<name>.<random>.tmp` in path's folder; the caller fills and
     renames it (see `atomic_write`). Its mode becomes the usual 0666 minus the umask once renamed."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -78,7 +90,7 @@ def remove_stale_temporaries(directory: str | Path, names: Sequence[str]) -> Non
     `names`; a folder that does not exist has none."""
     for name in names:
         with contextlib.suppress(OSError):
-            for stale in Path(directory).glob(f".{_glob_escape(name)}.*.tmp"):
+            for stale in Path(directory).glob(f"{_glob_escape(_temporary_prefix(name))}*.tmp"):
                 stale.unlink(missing_ok=True)
 
 

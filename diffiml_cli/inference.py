@@ -22,7 +22,7 @@ from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
-from diffiml_cli.models.mask_vae import latent_to_probability
+from diffiml_cli.models.mask_vae import decoded_to_probability
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 
 if TYPE_CHECKING:  # the pipeline builds inputs; this module only reads .tensor and .valid
@@ -246,8 +246,8 @@ class Predictor:
         with self._autocast():  # the denoiser in the chosen precision; its x0 and the DDIM update in fp32
             z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, condition).float(), x_T, self.scheduler, options.steps)
         z0 = z0.float().unflatten(0, (views, N))  # (V*B, N, latent channels, h, w)
-        probability = latent_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
-        members = latent_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
+        probability = decoded_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
+        members = decoded_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)))
         return probability, members.unflatten(0, (views, N)).std(dim=1, unbiased=False)
 
     def _initial_noise(self, num_views: int, N: int, latent_size: torch.Size, seed: int) -> torch.Tensor:

@@ -35,15 +35,17 @@ class SegmentationObjective(nn.Module):
         return self.localizer(image)
 
 
-def diffiml_loss(x0_pred: torch.Tensor, z0: torch.Tensor, mask_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * MSE over the 4 mask-latent channels + (1 - alpha) * MSE over the 4 edge-latent channels.
+def diffiml_loss(x0_pred: torch.Tensor, z0: torch.Tensor, mask_weight: float, mask_channels: int = 4
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * MSE over the mask-latent channels + (1 - alpha) * MSE over the edge-latent channels.
 
-    x0_pred, z0: (B, 8, h, w). With (B, 4, h, w) (the no-edge ablation) the loss is the mask MSE alone.
+    x0_pred, z0: (B, 2C, h, w), C = `mask_channels` (the VAE's latent channels) mask then edge channels. With
+    (B, C, h, w) (the no-edge ablation) the loss is the mask MSE alone.
     """
-    mask_loss = F.mse_loss(x0_pred[:, :4].float(), z0[:, :4])
-    if z0.shape[1] == 4:
+    mask_loss = F.mse_loss(x0_pred[:, :mask_channels].float(), z0[:, :mask_channels])
+    if z0.shape[1] == mask_channels:
         return mask_loss, {"loss_mask": mask_loss.item()}
-    edge_loss = F.mse_loss(x0_pred[:, 4:].float(), z0[:, 4:])
+    edge_loss = F.mse_loss(x0_pred[:, mask_channels:].float(), z0[:, mask_channels:])
     loss = mask_weight * mask_loss + (1.0 - mask_weight) * edge_loss
     return loss, {"loss_mask": mask_loss.item(), "loss_edge": edge_loss.item()}
 

@@ -12,6 +12,7 @@ noise generator) is written atomically, so a killed run resumes into the same tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
-from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.config import ModelConfig, config_from_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
 from diffiml_cli.distributed import init_distributed
 from diffiml_cli.errors import DiffimlError
@@ -39,7 +40,7 @@ from diffiml_cli.models.build import AnyLocalizer
 from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
                                    diffiml_loss, segmentation_loss)
 
-STATE_NAME = "state.pt"
+TRAIN_STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
 SELECTION_METRICS = ("pixel_f1", "pixel_f1_all", "image_auc")
 TRAIN_PARTS = ("all", "detector")
@@ -78,6 +79,7 @@ class TrainOptions:
     # frozen localizer's outputs, which are sampled once per item with `detector_sampling` and kept.
     train_part: str = "all"
     detector_sampling: SamplingOptions = SamplingOptions()
+    detector_precision: str = "fp32"  # of the frozen localizer's sampling, as `localize --precision` would run it
 
     def __post_init__(self) -> None:
         if self.train_part not in TRAIN_PARTS:
@@ -152,8 +154,9 @@ class Trainer:
                 raise DiffimlError("training the detector alone needs a model with a detector")
             self.localizer.requires_grad_(False)
             self.localizer.detector.requires_grad_(True)
-            self.outputs = LocalizerOutputs(Predictor(self.localizer, config.diffusion, device=device,
-                                                      channels_last=False), options.detector_sampling)
+            predictor = Predictor(self.localizer, config.diffusion, device=device, channels_last=False,
+                                  precision=options.detector_precision)
+            self.outputs = LocalizerOutputs(predictor, options.detector_sampling)
         self.objective: nn.Module = (
             self.localizer.detector if self.detector_only
             else SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
@@ -219,7 +222,7 @@ class Trainer:
             "lr_schedule": self.lr_schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
-            "config": json.dumps(config_to_dict(self.config)),
+            "config": json.dumps(dataclasses.asdict(self.config)),
         }
 
     def resume(self, path: Path) -> None:
@@ -239,7 +242,7 @@ class Trainer:
 
     def _save_state(self) -> None:
         if self.context.is_main:
-            save_training_state(self.options.out_dir / STATE_NAME, self.state_dict())
+            save_training_state(self.options.out_dir / TRAIN_STATE_NAME, self.state_dict())
 
     # ----- the loop --------------------------------------------------------------------------------
     def _batches(self):
@@ -293,7 +296,8 @@ class Trainer:
             )
             with self._autocast():
                 x0_pred = self.objective(image, x_t, t)
-            loss, parts = diffiml_loss(x0_pred, z0, self.options.mask_loss_weight)
+            loss, parts = diffiml_loss(x0_pred, z0, self.options.mask_loss_weight,
+                                       self.localizer.mask_latent_channels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -315,8 +319,8 @@ class Trainer:
         options, out_dir = self.options, self.options.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.context.is_main:
-            remove_stale_temporaries(out_dir, (STATE_NAME,))  # left by a run killed mid-write
-            document = {"model": config_to_dict(self.config), "train": asdict(options)}
+            remove_stale_temporaries(out_dir, (TRAIN_STATE_NAME,))  # left by a run killed mid-write
+            document = {"model": dataclasses.asdict(self.config), "train": asdict(options)}
             atomic_write_bytes(out_dir / "train_config.json", json.dumps(document, indent=2, default=str).encode())
         self._trim_logs()
         record: dict = {}
@@ -379,7 +383,8 @@ class Trainer:
         if hasattr(self.val_data, "set_epoch"):
             self.val_data.set_epoch(0)  # the same validation items every time
         model = self.inference_model()
-        predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=False)
+        precision = self.options.detector_precision if self.detector_only else "fp32"
+        predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=False, precision=precision)
         accumulator = MetricAccumulator()
         loader = DataLoader(self.val_data, batch_size=self.options.batch_size, num_workers=self.options.num_workers)
         sampling = self.options.detector_sampling if self.detector_only else self.options.val_sampling

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diffiml_cli.cli.train import read_stems
+from diffiml_cli.training_setup import read_stems
 from diffiml_cli.data import SyntheticManipulations
 from diffiml_cli.image_io import list_images, load_rgb
 

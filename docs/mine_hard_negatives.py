@@ -20,7 +20,7 @@ import cv2
 import torch
 
 from diffiml_cli.checkpoint import default_checkpoint
-from diffiml_cli.cli.train import read_stems
+from diffiml_cli.training_setup import read_stems
 from diffiml_cli.image_io import list_images, load_rgb
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.pipeline import prepare_input

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffiml_cli import benchmarking
-from diffiml_cli.benchmarking import FLOP_PARTS, compare_vae, count_parameters, count_pipeline_flops, run_benchmark
+from diffiml_cli import vae_comparison
+from diffiml_cli.benchmarking import FLOP_PARTS, count_parameters, count_pipeline_flops, run_benchmark
+from diffiml_cli.vae_comparison import compare_vae
 from diffiml_cli.cli.app import app
-from diffiml_cli.errors import DiffimlError
 from diffiml_cli.flops import count_flops
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.build import build_localizer
@@ -43,26 +42,28 @@ def test_cli_json_schema():
     data = json.loads(result.stdout)  # stdout holds the JSON and nothing else
 
     assert set(data) == {"schema_version", "model", "device", "sampling", "parameters", "settings", "vae_comparison"}
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["model"]["source"] == "preset:test" and data["model"]["random_init"] is True
     assert data["model"]["image_size"] == 64 and data["model"]["config"]["image_size"] == 64
-    assert data["device"]["type"] == "cpu" and data["device"]["fp16"] is False and data["device"]["compile"] is False
+    assert data["device"]["type"] == "cpu" and data["device"]["precisions"] == ["fp32"] and data["device"]["compile"] is False
     assert isinstance(data["device"]["cpu_threads"], int) and data["device"]["cpu_threads"] >= 1
     assert isinstance(data["device"]["name"], str) and isinstance(data["device"]["torch"], str)
     assert data["sampling"] == {"steps": 2, "tta": False, "seed": 0}
     params = data["parameters"]
-    assert set(params) == {"total", "encoder", "head", "denoiser", "vae"}
-    assert params["head"] == 0 and all(isinstance(v, int) and v > 0 for k, v in params.items() if k != "head")
+    assert set(params) == {"total", "encoder", "head", "denoiser", "vae", "detector"}
+    assert params["head"] == params["detector"] == 0
+    assert all(isinstance(v, int) and v > 0 for k, v in params.items() if k not in ("head", "detector"))
     assert params["total"] == params["encoder"] + params["denoiser"] + params["vae"]
     assert data["vae_comparison"] is None
 
-    assert [(s["ensemble"], s["batch_size"]) for s in data["settings"]] == [(1, 1), (2, 1)]
+    assert [(s["precision"], s["ensemble"], s["batch_size"]) for s in data["settings"]] == [("fp32", 1, 1), ("fp32", 2, 1)]
+    assert all(s["speedup_vs_fp32"] == 1.0 for s in data["settings"])
     for setting in data["settings"]:
         flops = setting["flops"]
         assert flops["ensemble"] == setting["ensemble"] and flops["steps"] == 2 and flops["views"] == 1
         assert set(flops["flops"]) == set(flops["gflops"]) == set(flops["gmacs"]) == set(FLOP_PARTS)
-        assert flops["flops"]["head"] == 0 and flops["calls_per_image"]["head"] == 0
-        assert all(isinstance(v, int) and v > 0 for part, v in flops["flops"].items() if part != "head")
+        assert flops["flops"]["head"] == 0 and flops["calls_per_image"]["head"] == 0 and flops["flops"]["detector"] == 0
+        assert all(isinstance(v, int) and v > 0 for part, v in flops["flops"].items() if part not in ("head", "detector"))
         assert flops["gflops"]["total"] == pytest.approx(flops["flops"]["total"] / 1e9)
         assert flops["gmacs"]["total"] == pytest.approx(flops["gflops"]["total"] / 2)
         timing = setting["timing"]
@@ -174,17 +175,6 @@ def test_cli_refuses_checkpoint_and_preset_together(tiny_checkpoint):
     assert "error: pass --checkpoint or --preset, not both" in result.stderr
 
 
-def test_compare_vae_without_diffusers_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
-    with pytest.raises(DiffimlError, match=r"--compare-vae needs diffusers: pip install diffusers"):
-        compare_vae(64, torch.device("cpu"), 1)
-    args = ["benchmark", "--preset", "test", "--image-size", "64", "--compare-vae", "--device", "cpu", "--json"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
-    assert "error: --compare-vae needs diffusers: pip install diffusers" in result.stderr
-    assert result.stdout == ""
-
-
 def test_compare_vae_result(monkeypatch):
     # A 32^2 mask keeps the 84M-parameter SD VAE cheap; the FLOP ratio does not depend on the size much.
     result = compare_vae(32, torch.device("cpu"), 1, warmup=0)
@@ -195,4 +185,4 @@ def test_compare_vae_result(monkeypatch):
     assert result["flops_ratio"] > 1000
     assert result["speedup"] == pytest.approx(result["sd_vae"]["ms"]["median"] / result["mask_vae"]["ms"]["median"])
     assert result["speedup_min"] == pytest.approx(result["sd_vae"]["ms"]["min"] / result["mask_vae"]["ms"]["min"])
-    assert benchmarking.SD_VAE_CONFIG["block_out_channels"] == (128, 256, 512, 512)
+    assert vae_comparison.SD_VAE_CONFIG["block_out_channels"] == (128, 256, 512, 512)

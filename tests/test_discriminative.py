@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffiml_cli.cli.app import app
-from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.config import ModelConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.build import build_localizer, load_model, load_mask_vae
@@ -95,7 +95,7 @@ def test_discriminative_predictor_is_one_deterministic_pass():
 
 
 def test_configs_without_a_kind_load_as_diffusion_and_bad_kinds_are_refused():
-    data = config_to_dict(get_preset("test"))
+    data = dataclasses.asdict(get_preset("test"))
     del data["kind"]  # a checkpoint written before the field existed
     assert config_from_dict(ModelConfig, data).kind == "diffusion"
     with pytest.raises(DiffimlError, match="unknown model kind"):

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.flops import count_flops
 from diffiml_cli.models.build import build_localizer
 from diffiml_cli.models.denoiser import Denoiser
-from diffiml_cli.models.mask_vae import MaskVAE, latent_to_probability
+from diffiml_cli.models.mask_vae import MaskVAE, decoded_to_probability
 from diffiml_cli.presets import PRESETS, get_preset
 
 
@@ -59,9 +59,9 @@ def test_mask_vae_is_the_reference_design_and_stays_in_eval():
     assert vae.unfreeze().training
 
 
-def test_latent_to_probability_keeps_the_reference_decision_at_half():
+def test_decoded_to_probability_keeps_the_reference_decision_at_half():
     decoded = torch.tensor([-3.0, -1.0, -0.01, 0.01, 1.0, 3.0])
-    probability = latent_to_probability(decoded)
+    probability = decoded_to_probability(decoded)
     assert torch.equal(probability >= 0.5, torch.sigmoid(decoded) >= 0.5)
     assert probability.min() == 0 and probability.max() == 1
 
@@ -78,8 +78,8 @@ def test_fast_preset_denoiser_costs_at_most_3_gflops_per_step_at_512_with_attent
 
 def test_config_round_trips_through_json_and_rejects_unknown_keys():
     for config in PRESETS.values():
-        assert config_from_dict(ModelConfig, config_to_dict(config)) == config
-    data = config_to_dict(get_preset("test"))
+        assert config_from_dict(ModelConfig, dataclasses.asdict(config)) == config
+    data = dataclasses.asdict(get_preset("test"))
     data["vae"]["nonsense"] = 1
     with pytest.raises(DiffimlError, match="nonsense"):
         config_from_dict(ModelConfig, data)

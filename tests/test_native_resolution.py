@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffiml_cli.cli.app import app
-from diffiml_cli.config import ModelConfig, config_from_dict, config_to_dict
+from diffiml_cli.config import ModelConfig, config_from_dict
 from diffiml_cli.data.augment import crop_at_native_resolution
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
@@ -112,7 +112,7 @@ def test_native_crop_enlarges_an_image_smaller_than_the_window():
 
 
 def test_configs_without_the_field_are_resize_models_and_bad_names_are_refused():
-    document = config_to_dict(get_preset("test"))
+    document = dataclasses.asdict(get_preset("test"))
     del document["resolution"], document["native_max_side"]
     assert config_from_dict(ModelConfig, document).resolution == "resize"
     with pytest.raises(DiffimlError, match="unknown resolution 'crop'"):

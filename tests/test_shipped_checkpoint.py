@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from docs_scripts import load_docs_script
-from test_copy_move_cue import copy_moved_texture
+from textures import copy_moved_texture
 
 from diffiml_cli.checkpoint import default_checkpoint, default_checkpoint_dir
 from diffiml_cli.cli.app import app

@@ -22,7 +22,7 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
-from diffiml_cli.training import (STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine,
+from diffiml_cli.training import (TRAIN_STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine,
                                   with_authentic_per_batch)
 
 
@@ -135,7 +135,7 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     with pytest.raises(Stop):
         interrupted.fit(stop_at_3)
     resumed = _trainer(tmp_path / "resumed", steps=6)
-    resumed.resume(tmp_path / "resumed" / STATE_NAME)
+    resumed.resume(tmp_path / "resumed" / TRAIN_STATE_NAME)
     assert resumed.step == 3
     resumed.fit()
     for (name, a), b in zip(straight.localizer.state_dict().items(), resumed.localizer.state_dict().values()):
@@ -160,7 +160,7 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
     with pytest.raises(Killed):
         _trainer(tmp_path / "run", steps=6, save_every=3).fit(die_at_5)
     resumed = _trainer(tmp_path / "run", steps=6)
-    resumed.resume(tmp_path / "run" / STATE_NAME)
+    resumed.resume(tmp_path / "run" / TRAIN_STATE_NAME)
     resumed.fit()
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -186,18 +186,18 @@ def test_sigkill_mid_run_leaves_an_intact_state_that_resumes(tmp_path, photo_fol
     command = [sys.executable, "-m", "diffiml_cli", *_train_command(photo_folder, tiny_checkpoint, out, 400, "--save-every", "1")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / STATE_NAME).exists() and time.time() < deadline:
+    while not (out / TRAIN_STATE_NAME).exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.5)  # well inside the loop, which writes the state after every step
     process.send_signal(signal.SIGKILL)
     process.wait()
-    state = load_training_state(out / STATE_NAME)  # intact under its final name, wherever the kill landed
+    state = load_training_state(out / TRAIN_STATE_NAME)  # intact under its final name, wherever the kill landed
     assert 0 < state["step"] < 400
     resumed = subprocess.run([sys.executable, "-m", "diffiml_cli",
                               *_train_command(photo_folder, tiny_checkpoint, out, state["step"] + 2, "--resume")],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert load_training_state(out / STATE_NAME)["step"] == state["step"] + 2
+    assert load_training_state(out / TRAIN_STATE_NAME)["step"] == state["step"] + 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # a half-written temp file is cleaned up
 
 
@@ -214,7 +214,7 @@ def test_torchrun_two_processes_on_gloo_see_disjoint_data(tmp_path, photo_folder
     assert len(seen[0]) == len(seen[1]) == 3
     for step in range(3):
         assert not set(seen[0][step]) & set(seen[1][step])
-    assert (out / "final" / "model.safetensors").is_file() and (out / STATE_NAME).is_file()
+    assert (out / "final" / "model.safetensors").is_file() and (out / TRAIN_STATE_NAME).is_file()
 
 
 def test_train_init_continues_from_a_localizer_checkpoint_and_records_its_data(tmp_path, photo_folder, tiny_checkpoint):

@@ -28,7 +28,7 @@ from diffiml_cli.batch.records import (ImageResult, append_records, latest_by_im
                                        rebuild_results_json)
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.files import is_out_of_space, remove_stale_temporaries
+from diffiml_cli.files import NAME_MAX, is_out_of_space, remove_stale_temporaries
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb
 from diffiml_cli.pipeline import LocalizationPipeline, LocalizationResult
 
@@ -255,11 +255,14 @@ def _plan(images: Sequence[Path], out_dir: Path, *, overwrite: bool) -> tuple[li
             owners.setdefault(output, path)
         earlier_owner = owners_before.get(os.path.realpath(paths["mask"]), os.path.realpath(path))
         names = f"({paths['mask'].name}, ...)"
-        if clobbers:
+        if any(len(os.fsencode(p.name)) > NAME_MAX for p in paths.values()):
+            failure = (f"its output names ({paths['uncertainty'].name}) would be longer than the {NAME_MAX} bytes a "
+                       "file name may have; rename the input")
+        elif clobbers:
             failure = f"refusing to overwrite input {clobbers[0]}"
         elif owner is not None:
             failure = f"its outputs {names} would overwrite those of {owner}; rename one of them or localize it with another `out_dir`"
-        elif overwrite or not all(p.exists() for p in paths.values()):
+        elif overwrite or not all(_exists(p) for p in paths.values()):
             todo.append((path, paths))
             continue
         elif earlier_owner != os.path.realpath(path):
@@ -270,6 +273,14 @@ def _plan(images: Sequence[Path], out_dir: Path, *, overwrite: bool) -> tuple[li
             continue
         decided.append(ImageResult(str(path), "failed", error=f"{path}: {failure}"))
     return decided, todo
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists(), False for any name the filesystem refuses (too long, a permission error on the way)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _skipped(path: Path, paths: dict[str, Path], earlier: dict | None) -> ImageResult:

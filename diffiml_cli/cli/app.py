@@ -65,7 +65,7 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from diffiml_cli.cli import benchmark, calibrate, distill_vae, evaluate, localize, train
+    from diffiml_cli.cli import benchmark, calibrate, convert, distill_vae, evaluate, localize, report, train
 
     app.command(name="localize")(localize.localize)
     app.command(name="benchmark")(benchmark.benchmark)
@@ -73,6 +73,8 @@ def _register() -> None:
     app.command(name="evaluate")(evaluate.evaluate)
     app.command(name="train")(train.train)
     app.command(name="calibrate")(calibrate.calibrate)
+    app.command(name="report")(report.report)
+    app.command(name="convert")(convert.convert)
 
 
 _register()

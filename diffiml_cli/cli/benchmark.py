@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffiml_cli.benchmarking import run_benchmark
-from diffiml_cli.checkpoint import default_checkpoint
+from diffiml_cli.benchmarking import benchmark_model, run_benchmark
 from diffiml_cli.cli.common import (
     AllowPickleOption,
     CheckpointOption,
@@ -23,12 +20,8 @@ from diffiml_cli.cli.common import (
     parse_int_list,
     stderr,
 )
-from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import resolve_device
-from diffiml_cli.models.build import build_localizer, load_model
-from diffiml_cli.presets import PRESETS, get_preset
-
-NATIVE_BENCHMARK_SIZE = 512
+from diffiml_cli.inference import PRECISIONS, resolve_device, resolve_precision
+from diffiml_cli.presets import PRESETS
 
 
 def benchmark(
@@ -46,6 +39,8 @@ def benchmark(
     tta: TtaOption = False,
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes (images per call) to time.")] = "1,8",
     device: DeviceOption = "auto",
+    precision: Annotated[str, typer.Option(help=f"Comma-separated precisions to time side by side ({', '.join(PRECISIONS)}); "
+                                           "fp32 among them gives each row its speed-up.")] = "fp32",
     fp16: Fp16Option = False,
     compile: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser, as `localize --compile` does; "
@@ -59,31 +54,19 @@ def benchmark(
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result to stdout.")] = False,
     allow_pickle: AllowPickleOption = False,
 ) -> None:
-    """Measure parameters, GFLOPs per image and images/s of `Predictor.predict` for each (N, batch) setting."""
+    """Measure parameters, GFLOPs per image and images/s of the inference path for each (precision, N, batch)."""
     ensembles = parse_int_list(ensemble, "--ensemble")
     batch_sizes = parse_int_list(batch_size, "--batch-size")
-    if checkpoint and preset:
-        raise DiffimlError("pass --checkpoint or --preset, not both")
-    if preset:
-        torch.manual_seed(0)
-        config = get_preset(preset)
-        localizer, source = build_localizer(config), f"preset:{preset}"
-    else:
-        source_path = checkpoint or default_checkpoint()
-        localizer, config = load_model(source_path, allow_pickle=allow_pickle)
-        source = str(source_path)
-    if image_size is None and config.resolution == "native":
-        image_size = NATIVE_BENCHMARK_SIZE  # its image_size is only the training window
-    if image_size is not None:
-        config = dataclasses.replace(config, image_size=image_size)  # validates the size for this model
-
+    localizer, config, source = benchmark_model(checkpoint, preset, image_size=image_size, allow_pickle=allow_pickle)
+    torch_device = resolve_device(device)
+    precisions = ["fp16"] if fp16 else [resolve_precision(name.strip(), torch_device) for name in precision.split(",")]
     result = run_benchmark(
         localizer,
         config,
         source=source,
         random_init=preset is not None,
-        device=resolve_device(device),
-        fp16=fp16,
+        device=torch_device,
+        precisions=list(dict.fromkeys(precisions)),
         compile=compile,
         steps=steps,
         ensembles=ensembles,
@@ -109,7 +92,7 @@ def _stats(stats: dict[str, float]) -> str:
     return f"{_g(stats['median'])} [{_g(stats['q25'])}–{_g(stats['q75'])}]"
 
 
-_PARAM_PARTS = {"encoder": "enc", "head": "head", "denoiser": "den", "vae": "vae"}
+_PARAM_PARTS = {"encoder": "enc", "head": "head", "denoiser": "den", "vae": "vae", "detector": "det"}
 
 
 def _render(result: dict[str, Any], console: Console) -> None:
@@ -118,7 +101,7 @@ def _render(result: dict[str, Any], console: Console) -> None:
     console.print(
         f"[bold]{model['source']}[/bold] at {model['image_size']}px, {sampling['steps']} DDIM steps, "
         f"TTA {'on' if sampling['tta'] else 'off'}; {dev['type']} ({dev['name']}), "
-        f"{dev['cpu_threads']} CPU threads, {'fp16' if dev['fp16'] else 'fp32'}"
+        f"{dev['cpu_threads']} CPU threads, {', '.join(dev['precisions'])}"
         f"{', compiled denoiser' if dev['compile'] else ''}, torch {dev['torch']}"
     )
     if model["config"].get("encoder", {}).get("copy_move_cue"):
@@ -128,15 +111,17 @@ def _render(result: dict[str, Any], console: Console) -> None:
         console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
 
     table = Table(caption="per image; a MAC is 2 FLOPs; times are median [25th–75th percentile]")
-    for column in ("N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
-                   "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s"):
+    for column in ("precision", "N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
+                   "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s", "speed-up\nvs fp32"):
         table.add_column(column, justify="right")
     millions = {part: n / 1e6 for part, n in params.items()}
     parts = " + ".join(f"{_g(millions[part])} {short}" for part, short in _PARAM_PARTS.items() if params.get(part))
     for setting in result["settings"]:
         flops, timing = setting["flops"], setting["timing"]
         gflops = flops["gflops"]
+        speedup = setting["speedup_vs_fp32"]
         table.add_row(
+            setting["precision"],
             str(setting["ensemble"]),
             str(setting["batch_size"]),
             f"{_g(millions['total'])}\n{parts}",
@@ -146,6 +131,7 @@ def _render(result: dict[str, Any], console: Console) -> None:
             _g(gflops["vae_decode"]),
             _stats(timing["ms_per_image"]),
             _stats(timing["images_per_second"]),
+            "—" if speedup is None else f"{speedup:.2f}×",
         )
     console.print(table)
 

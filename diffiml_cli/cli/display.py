@@ -59,12 +59,14 @@ def set_command_options(names: set[str]) -> None:
 
 def cli_wording(message: str) -> str:
     """A library message with the running command's arguments shown as its flags: `max_pixels` -> --max-pixels,
-    `allow_pickle=True` -> --allow-pickle, `teacher="none"` -> --teacher none."""
+    `allow_pickle=True` -> --allow-pickle, `edge=False` -> --no-edge, `teacher="none"` -> --teacher none."""
     def flag(match: re.Match) -> str:
         name = _FLAG_NAMES.get(match[1], match[1])
         if name not in _options:
             return match[0]
         value = (match[2] or "")[1:].strip("\"'")
-        shown = f"--{name.replace('_', '-')}"
-        return shown if value in ("", "True") else f"{shown} {value}"
+        shown = name.replace("_", "-")
+        if value == "False":
+            return f"--no-{shown}"
+        return f"--{shown}" if value in ("", "True") else f"--{shown} {value}"
     return _ARGUMENT.sub(flag, message)

@@ -85,7 +85,7 @@ def distill_vae(
 
 
 def _refit(checkpoint: str, photos: Path | None, exclude: list[Path], *, steps: int, seed: int, out: Path) -> None:
-    from diffiml_cli.cli.train import read_stems
+    from diffiml_cli.training_setup import read_stems
     from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
 
     settings = RefitSettings(photos=str(photos or ""), steps=steps, seed=seed)

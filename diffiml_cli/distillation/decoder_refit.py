@@ -13,7 +13,7 @@ then a 3x3 convolution) on two kinds of latents:
   the old decoder's output smoothed by a Gaussian (sigma `target_sigma` px, which keeps under 6 % of the
   8-pixel pattern), so probabilities keep their meaning and only the pattern goes.
 
-The loss is |clamp(decoded, -1, 1) - target|: overshoot past +-1 is free, as `latent_to_probability` clamps it.
+The loss is |clamp(decoded, -1, 1) - target|: overshoot past +-1 is free, as `decoded_to_probability` clamps it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from diffiml_cli.distillation.targets import BATCH_NORM_STREAM, TRAIN_STREAM, Tr
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.localizer import Localizer
-from diffiml_cli.models.mask_vae import MaskVAE, build_decoder, checkerboard_share, latent_to_probability
+from diffiml_cli.models.mask_vae import MaskVAE, build_decoder, checkerboard_share, decoded_to_probability
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _recalibrate(decoder: nn.Module, latents: torch.Tensor, batch_size: int = 32
 def mean_checkerboard(decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor) -> float:
     """Mean `checkerboard_share` of the probability maps decoded from raw latents (B, 4, h, w)."""
     with torch.no_grad():
-        maps = latent_to_probability(decode(latents))
+        maps = decoded_to_probability(decode(latents))
     return float(np.mean([checkerboard_share(m) for m in maps]))
 
 

@@ -24,7 +24,7 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import load_mask
 from diffiml_cli.image_ops import resize_mask
 from diffiml_cli.metrics import false_positive_rate, pixel_f1, pixel_iou
-from diffiml_cli.models.mask_vae import MaskVAE, latent_to_probability
+from diffiml_cli.models.mask_vae import MaskVAE, decoded_to_probability
 
 # Independent random streams of targets: what is trained on is never what is calibrated or scored on.
 TRAIN_STREAM, EVAL_STREAM, CALIBRATION_STREAM, BATCH_NORM_STREAM = 0, 1, 2, 3
@@ -51,10 +51,6 @@ class ReconstructionReport:
     scale_factor: float
     latent_std: float  # std of scale_factor * raw latents on held-out targets; the diffusion noise assumes ~1
     rows: tuple[ReconstructionScores, ...]
-
-    def row(self, kind: str) -> ReconstructionScores:
-        """The scores of one kind ("masks" or "edges")."""
-        return next(row for row in self.rows if row.kind == kind)
 
 
 def load_data_masks(specs: Sequence[str]) -> list[Path]:
@@ -184,7 +180,7 @@ def _scores(kind: str, vae: MaskVAE, targets: np.ndarray, batch_size: int) -> Re
     start = 0
     with torch.no_grad():
         for y in _batches(targets, batch_size):
-            predicted = latent_to_probability(vae(y.to(device))).cpu()[:, 0] >= 0.5
+            predicted = decoded_to_probability(vae(y.to(device))).cpu()[:, 0] >= 0.5
             for pred, target in zip(predicted, torch.from_numpy(targets[start:start + len(y)])):
                 if target.any():
                     f1s.append(pixel_f1(pred, target))

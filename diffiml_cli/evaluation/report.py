@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 PER_IMAGE_CSV = "per_image.csv"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def spreadsheet_safe(value):
@@ -35,7 +37,9 @@ def spreadsheet_safe(value):
         return ""
     if isinstance(value, (bool, int, float)):
         return value
-    text = str(value)
+    # Bytes of a name that were not UTF-8 (kept by Python as lone surrogates) are written as \xNN, as the
+    # terminal shows them: CSV has no escape for them, and "?" would hide which name it was.
+    text = _SURROGATE.sub(lambda match: f"\\x{ord(match[0]) - 0xDC00:02x}", str(value))
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
@@ -87,14 +91,13 @@ def report_document(report: EvaluationReport, *, threshold: float, run_info: Map
 
 
 def csv_bytes(header: Sequence[str], rows: Sequence[Sequence]) -> bytes:
-    """UTF-8 CSV of `rows` under `header`, every cell through `spreadsheet_safe`; undecodable bytes of names
-    (lone surrogates) are written as U+FFFD, since CSV has no escape for them (per_image.csv's JSON sibling,
-    metrics.json, keeps them exactly)."""
+    """UTF-8 CSV (RFC 4180: CRLF rows, so a CR or LF inside a name is quoted, not a row break) of `rows` under
+    `header`, every cell through `spreadsheet_safe`; metrics.json keeps every name exactly."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([spreadsheet_safe(v) for v in header])
     writer.writerows([spreadsheet_safe(v) for v in row] for row in rows)
-    return buffer.getvalue().encode("utf-8", errors="replace")
+    return buffer.getvalue().encode("utf-8")
 
 
 def _metrics_rows(report: EvaluationReport) -> list[list]:

@@ -21,13 +21,14 @@ AnyLocalizer = Localizer | DiscriminativeLocalizer
 def build_localizer(config: ModelConfig) -> AnyLocalizer:
     """A randomly initialised localizer of `config.kind`; load weights with `load_model`."""
     detector = Detector(config.detector, config.encoder.out_channels) if config.detector is not None else None
+    stride = 2 ** len(config.vae.hidden_channels)  # the condition is at the mask latent's resolution
     if config.kind == "discriminative":
         return DiscriminativeLocalizer(
-            encoder=ConditionEncoder(config.encoder), head=SegmentationHead(config.encoder.out_channels),
-            detector=detector,
+            encoder=ConditionEncoder(config.encoder, output_stride=stride),
+            head=SegmentationHead(config.encoder.out_channels), detector=detector,
         )
     return Localizer(
-        encoder=ConditionEncoder(config.encoder),
+        encoder=ConditionEncoder(config.encoder, output_stride=stride),
         denoiser=Denoiser(config.denoiser),
         vae=MaskVAE(config.vae),
         detector=detector,

@@ -15,7 +15,8 @@ from diffiml_cli.models.copy_move_cue import CopyMoveCue
 
 
 class ConditionEncoder(nn.Module):
-    """image (B, 3, H, W) float in [0, 1], H and W multiples of 32 -> condition (B, C, H/8, W/8).
+    """image (B, 3, H, W) float in [0, 1], H and W multiples of 32 -> condition (B, C, H/s, W/s), s =
+    `output_stride`: the mask VAE's downsampling factor (8), so the condition is at latent resolution.
 
     Each backbone stage is projected to `embed_channels` by a 1x1 conv, resized to 1/8 of the input
     (the latent resolution), concatenated, and fused by 3x3 conv + BN + ReLU to `out_channels`.
@@ -23,9 +24,10 @@ class ConditionEncoder(nn.Module):
     image's SIFT self-matches (`CopyMoveCue`) add a term to the fused condition.
     """
 
-    def __init__(self, config: ConditionEncoderConfig, *, pretrained: bool = False) -> None:
+    def __init__(self, config: ConditionEncoderConfig, *, output_stride: int = 8) -> None:
         super().__init__()
         self.config = config
+        self.output_stride = output_stride
         probe = timm.create_model(config.backbone, features_only=True, pretrained=False, **dict(config.backbone_kwargs))
         out_indices = config.out_indices
         if out_indices is None:  # every stage at stride >= 4; stride-2 maps cost much and add little
@@ -35,7 +37,7 @@ class ConditionEncoder(nn.Module):
             config.backbone,
             features_only=True,
             out_indices=out_indices,
-            pretrained=pretrained,
+            pretrained=False,  # ImageNet weights are loaded by `backbone_weights.py`, from local files or the Hub
             **dict(config.backbone_kwargs),
         )
         if config.layer_norm_eps is not None:
@@ -55,7 +57,7 @@ class ConditionEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         B, _, H, W = image.shape
-        latent_size = (H // 8, W // 8)
+        latent_size = (H // self.output_stride, W // self.output_stride)
         x = (image - self.pixel_mean) / self.pixel_std
         stages = self.backbone(x)
         fused = [

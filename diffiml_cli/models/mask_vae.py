@@ -97,7 +97,7 @@ class MaskVAE(nn.Module):
         return self.train()
 
 
-def latent_to_probability(reconstruction: torch.Tensor) -> torch.Tensor:
+def decoded_to_probability(reconstruction: torch.Tensor) -> torch.Tensor:
     """Map a decoded mask in about [-1, 1] to a manipulation probability in [0, 1].
 
     The reference applies a sigmoid, which squeezes the {-1, 1} targets to [0.27, 0.73]. We use the

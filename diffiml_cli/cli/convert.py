@@ -1,0 +1,28 @@
+"""`diffiml convert`: the authors' official DiffIML checkpoint as a diffiml checkpoint directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffiml_cli.checkpoint import save_checkpoint
+from diffiml_cli.cli.common import stderr
+from diffiml_cli.cli.display import markup_safe
+from diffiml_cli.models.official_weights import load_official
+
+
+def convert(
+    localizer: Annotated[Path, typer.Argument(help="The official DiffIML checkpoint (diffiml_best.pth), read with "
+                                              "torch.load(weights_only=True).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the converted checkpoint.")],
+    vae: Annotated[Path | None, typer.Option(help="The official LightVAE (light_vae_weights.pth): needed when the "
+                                             "checkpoint holds no vae.* tensors, else checked against them.")] = None,
+) -> None:
+    """Map the official weights strictly onto the `paper` preset and write them to --out, for --checkpoint OUT.
+    Every official tensor must find its place and every one of ours be filled, or nothing is written."""
+    model, config = load_official(localizer, vae)
+    save_checkpoint(out, model, config)
+    stderr.print(f"converted {markup_safe(localizer)} -> {markup_safe(out)}; use it with --checkpoint "
+                 f"{markup_safe(out)}", soft_wrap=True)

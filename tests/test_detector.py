@@ -1,0 +1,132 @@
+"""The image-level detector: training it alone, its calibrated verdict, the gate, and what evaluate makes of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffiml_cli.cli.app import app
+from diffiml_cli.config import DetectorConfig
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.evaluation.calibration import threshold_for_far
+from diffiml_cli.models.build import load_model
+from diffiml_cli.models.detector import Detector, cell_maps
+from diffiml_cli.pipeline import load_localizer
+
+FAST = ["--steps", "1", "--ensemble", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def detector_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """The tiny checkpoint with a detector trained for a few steps on generated photos."""
+    root = tmp_path_factory.mktemp("detector")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{index}.png")
+    out = root / "run"
+    result = subprocess.run([sys.executable, "-m", "diffiml_cli", "train", "--init", str(tiny_checkpoint),
+                             "--train-detector", "--synthetic-from", str(photos), "--val", f"synthetic:{photos}:4",
+                             "--steps", "6", "--batch-size", "2", "--val-every", "3", "--authentic-share", "0.5",
+                             "--detector-steps", "1", "--detector-ensemble", "1", "--synthetic-length", "8",
+                             "--select-by", "image_auc", "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "final"
+
+
+def test_training_the_detector_changes_nothing_else(tiny_checkpoint, detector_checkpoint):
+    old, _ = load_model(tiny_checkpoint)
+    new, config = load_model(detector_checkpoint)
+    assert config.detector == DetectorConfig() and config.calibration is None
+    for name, tensor in old.state_dict().items():
+        assert torch.equal(new.state_dict()[name], tensor), name
+    fresh = Detector(DetectorConfig(), config.encoder.out_channels).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in new.detector.state_dict().items())
+
+
+def test_the_score_pools_the_image_alone_and_cells_summarise_the_maps():
+    probability = torch.zeros(1, 1, 16, 24)
+    probability[..., :8, :8] = 0.75  # one hot cell
+    cells = cell_maps(probability, torch.full_like(probability, 0.1))
+    assert cells.shape == (1, 4, 2, 3)
+    assert cells[0, :, 0, 0].tolist() == pytest.approx([0.75, 0.75, 1.0, 0.1])
+    assert cells[0, :3, 1, 2].tolist() == [0.0, 0.0, 0.0]
+    detector = Detector(DetectorConfig(), 8).eval()
+    condition = torch.randn(1, 8, 2, 3)
+    with torch.no_grad():
+        evidence = detector(condition, cells)
+        features = detector.pooled(evidence, cells)
+    assert features.shape == (1, 6)
+    assert features[0, 3] == pytest.approx(0.75) and features[0, 5] == pytest.approx(1 / 6)  # max prob, marked share
+
+
+def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():
+    scores = np.linspace(0.0, 0.99, 100)
+    threshold = threshold_for_far(scores, 0.05)
+    assert (scores >= threshold).sum() == 5 and threshold > scores[-6]
+    assert (scores >= threshold_for_far(scores, 0.0)).sum() == 0
+    with pytest.raises(DiffimlError, match="needs authentic images"):
+        threshold_for_far([], 0.05)
+
+
+def _set(root, count=4):
+    for folder in ("Tp", "Gt", "Au"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(root / "Tp" / f"t{index}.png")
+        mask = np.zeros((64, 80), np.uint8)
+        mask[10:40, 20:50 + index] = 255
+        Image.fromarray(mask).save(root / "Gt" / f"t{index}.png")
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(root / "Au" / f"a{index}.png")
+    return root
+
+
+def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_checkpoint, tmp_path):
+    data = _set(tmp_path / "cal")
+    calibrated = tmp_path / "calibrated"
+    result = CliRunner().invoke(app, ["calibrate", "-d", str(data), "-c", str(detector_checkpoint), "--target-far",
+                                      "0.25", "--gate", "-o", str(calibrated), *FAST])
+    assert result.exit_code == 0, result.output
+    _, config = load_model(calibrated)
+    calibration = config.calibration
+    assert calibration.far <= 0.25 and calibration.n_authentic == 4 and calibration.n_tampered == 4 and calibration.gate
+    assert dict(calibration.sampling)["steps"] == 1
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["localize", str(data / "Au"), str(data / "Tp"), "-c", str(calibrated), "-o",
+                                   str(out), *FAST])
+    assert run.exit_code == 0, run.output
+    entries = json.loads((out / "results.json").read_text())["images"]
+    for entry in entries:
+        assert 0 <= entry["detection_score"] <= 1
+        assert entry["verdict"] == ("manipulated" if entry["detection_score"] >= calibration.threshold else "authentic")
+        assert entry["gated"] == (entry["verdict"] == "authentic")
+        mask = np.asarray(Image.open(entry["outputs"]["mask"]))
+        assert not entry["gated"] or not mask.any()  # a gated image's mask is empty
+    assert sum(e["verdict"] == "authentic" for e in entries if "/Au/" in e["image"]) >= 3  # far <= 0.25 of 4
+    python = load_localizer(calibrated, device="cpu", gate=False).predict(data / "Au" / "a0.png", steps=1, ensemble=1)
+    assert python.gated is False and python.verdict in ("manipulated", "authentic")
+
+
+def test_evaluate_reports_detection_from_the_detector(detector_checkpoint, tmp_path):
+    data = _set(tmp_path / "set")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "-d", str(data), "-c", str(detector_checkpoint), "--json", "-o",
+                                      str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    metrics = document["datasets"]["set"]["metrics"]
+    per_image = [line for line in (out / "per_image.csv").read_text().splitlines()[1:]]
+    assert len(per_image) == 8
+    for key in ("image_auc", "max_score_auc", "image_balanced_accuracy", "pixel_f1_all", "authentic_any_rate"):
+        assert key in metrics and (metrics[key] is None or 0 <= metrics[key] <= 1)
+    assert "detection_score" in document["definitions"] and "image_balanced_accuracy" in document["definitions"]

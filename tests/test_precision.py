@@ -1,0 +1,69 @@
+"""Inference precision: what `auto` resolves to, and how far bf16 masks may stray from fp32 ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffiml_cli import inference
+from diffiml_cli.benchmarking import run_benchmark
+from diffiml_cli.errors import DiffimlError
+from diffiml_cli.inference import SamplingOptions, cpu_has_native_bf16, resolve_precision
+from diffiml_cli.models.build import build_localizer
+from diffiml_cli.pipeline import load_localizer
+from diffiml_cli.presets import get_preset
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for explicitly: emulated if need be
+    with pytest.raises(DiffimlError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(DiffimlError, match="unknown precision"):
+        resolve_precision("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu vme avx512f avx512bw avx512_bf16 amx_tile", True),  # Sapphire Rapids, Zen 4
+    ("fpu vme avx2 avx512f avx512bw avx512_vnni", False),  # Skylake-SP: AVX-512 without BF16
+    ("fpu vme sse4_2 avx2", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    real_path = inference.Path
+    monkeypatch.setattr(inference.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(inference, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
+    assert cpu_has_native_bf16() is expected
+
+
+def test_bf16_masks_agree_with_fp32_on_nearly_every_pixel(tiny_checkpoint, one_thread):
+    """bf16 keeps 8 bits of mantissa, so a probability moves by up to a few 1/256 and a pixel whose fp32 value
+    lies that close to the threshold can flip. We accept 1 % of the pixels (measured: none to 0.1 % with this
+    random-weight test model; the shipped model's numbers are in its model card); the maps themselves stay
+    within 0.1. The DDIM update, the decode and the detector run in fp32 in both."""
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(128, 40, (96, 128, 3)), 0, 255).astype(np.uint8)
+    results = {precision: load_localizer(tiny_checkpoint, device="cpu", precision=precision,
+                                         sampling=SamplingOptions(steps=4, ensemble=3)).predict(image)
+               for precision in ("fp32", "bf16")}
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert (fp32.mask == bf16.mask).mean() >= 0.99
+    assert np.abs(fp32.probability - bf16.probability).max() < 0.1
+    assert not np.array_equal(fp32.probability, bf16.probability)  # bf16 really ran
+
+
+def test_benchmark_times_each_precision_side_by_side():
+    config = get_preset("test")
+    torch.manual_seed(0)
+    result = run_benchmark(build_localizer(config), config, source="test", random_init=True, device=torch.device("cpu"),
+                           precisions=("fp32", "bf16"), steps=1, ensembles=(2,), batch_sizes=(1,), warmup=0, iters=2)
+    rows = {row["precision"]: row for row in result["settings"]}
+    assert set(rows) == {"fp32", "bf16"} and result["device"]["precisions"] == ["fp32", "bf16"]
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    bf16_ms = rows["bf16"]["timing"]["ms_per_image"]["median"]
+    assert rows["bf16"]["speedup_vs_fp32"] == pytest.approx(rows["fp32"]["timing"]["ms_per_image"]["median"] / bf16_ms)
