@@ -60,7 +60,8 @@ def write_results(out: Path, records: list[dict]) -> None:
            "sampling": {"steps": 1, "ensemble": 1, "tta": False, "seed": 0}, "threshold": 0.5, "gate": False,
            "detector": True, "calibration": None, "image_size": 64, "resolution": "resize", "tile": 0,
            "tile_overlap": 0}
-    failures = [{"image": r["image"], "error": r.get("error")} for r in records if r["status"] == "failed"]
+    failures = [{"image": r["image"], "error": r.get("error")} for r in records
+                if isinstance(r, dict) and r.get("status") == "failed"]
     document = {"run": run, "images": records, "failures": failures}
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
 

@@ -41,7 +41,7 @@ def test_a_resize_decoder_has_no_uneven_overlap_even_at_random_init(upsampling):
 
 
 def test_refit_keeps_encoder_and_denoiser_and_swaps_the_decoder(tmp_path, tiny_checkpoint, photo_folder):
-    settings = RefitSettings(photos=str(photo_folder), steps=30, batch_size=4, image_size=64, images=3,
+    settings = RefitSettings(photos=str(photo_folder), steps=30, batch_size=4, image_size=64, crop=32, images=3,
                              latents_per_image=3, sampling=SamplingOptions(steps=2, ensemble=2), batch_norm_samples=8)
     result = refit_checkpoint(tiny_checkpoint, settings, tmp_path / "refit")
     old, _ = load_model(tiny_checkpoint)

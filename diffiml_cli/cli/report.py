@@ -13,9 +13,10 @@ from diffiml_cli.report import build_report
 
 
 def report(
-    out_dir: Annotated[Path, typer.Argument(help="The folder `diffiml localize --out` wrote (it holds results.json).")],
+    out_dir: Annotated[Path, typer.Argument(help="The folder `diffiml localize --out` wrote (it holds results.json).",
+                                            metavar="OUT_DIR")],
     title: Annotated[str | None, typer.Option(help="The page's title. Default: 'Case report: <folder>'.")] = None,
 ) -> None:
-    """Write OUT_DIR/report.html: every image's thumbnails, scores, verdict and file metadata, sortable and filterable."""
+    """Write OUT_DIR/report.html: each image's thumbnails, scores, verdict and file metadata, sortable, filterable."""
     path = build_report(out_dir, title=title)
     stderr.print(f"report -> {markup_safe(path)}", soft_wrap=True)

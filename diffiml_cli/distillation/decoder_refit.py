@@ -48,8 +48,10 @@ class RefitSettings:
     exclude: tuple[str, ...] = ()
     decoder_channels: tuple[int, ...] = (64, 32, 16)  # about the old decoder's cost at 4x the convolved pixels
     steps: int = 3000
-    batch_size: int = 8  # half procedural targets, half sampler latents
-    image_size: int = 256
+    batch_size: int = 8
+    mask_share: float = 0.75  # of each batch: procedural masks; the rest are sampler latents
+    image_size: int = 256  # the synthetic windows, and the held-out masks of the report
+    crop: int = 128  # training crops, in pixels (a multiple of 8): the decoder is fully convolutional
     lr: float = 2e-3
     images: int = 192  # synthetic windows run through the sampler; each gives `latents_per_image` latents
     latents_per_image: int = 8  # the mean, every member, and early-step x0 predictions of one member
@@ -140,6 +142,36 @@ def mean_checkerboard(decode: Callable[[torch.Tensor], torch.Tensor], latents: t
     return float(np.mean([checkerboard_share(m) for m in maps]))
 
 
+def _train_decoder(decoder: nn.Module, old_vae: MaskVAE, latents: torch.Tensor, targets: torch.Tensor,
+                   settings: RefitSettings, on_step: Callable[[int, float], None]) -> float:
+    """AdamW + cosine on `crop`-pixel crops: procedural masks through the frozen encoder (`mask_share` of each
+    batch), and crops of the sampler latents with their smoothed targets. Returns the last loss."""
+    masks = TrainingTargets(settings.crop, seed=settings.seed, stream=TRAIN_STREAM)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=settings.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps, eta_min=settings.lr / 100)
+    count = max(1, round(settings.batch_size * settings.mask_share))
+    cells, limit = settings.crop // 8, latents.shape[-1] - settings.crop // 8
+    rng = np.random.default_rng(settings.seed)
+    loss = math.nan
+    for step in range(settings.steps):
+        y = masks.batch(step * count, count)
+        with torch.no_grad():
+            batch_latents, batch_targets = [old_vae.encode(y)], [y]
+        for index in rng.integers(0, len(latents), settings.batch_size - count):
+            top, left = (int(v) for v in rng.integers(0, limit + 1, 2))
+            batch_latents.append(latents[index:index + 1, :, top:top + cells, left:left + cells])
+            batch_targets.append(targets[index:index + 1, :, 8 * top:8 * (top + cells), 8 * left:8 * (left + cells)])
+        decoder.train()
+        error = F.l1_loss(decoder(torch.cat(batch_latents)).clamp(-1, 1), torch.cat(batch_targets))
+        optimizer.zero_grad(set_to_none=True)
+        error.backward()
+        optimizer.step()
+        schedule.step()
+        loss = error.item()
+        on_step(step + 1, loss)
+    return loss
+
+
 def refit_decoder(localizer: Localizer, config: ModelConfig, settings: RefitSettings, *,
                   on_step: Callable[[int, float], None] = lambda step, loss: None) -> RefitResult:
     """Train a resize-convolution decoder for `localizer` (see the module docstring); returns a new localizer
@@ -162,35 +194,18 @@ def refit_decoder(localizer: Localizer, config: ModelConfig, settings: RefitSett
     with torch.no_grad():  # in chunks: (n, 1, 8h, 8w) floats of all of them at once can be large
         train_targets = torch.cat([_smooth(old_vae.decode(chunk).clamp(-1, 1), settings.target_sigma)
                                    for chunk in train_latents.split(64)])
-    masks = TrainingTargets(settings.image_size, seed=settings.seed, stream=TRAIN_STREAM)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=settings.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps, eta_min=settings.lr / 100)
-    half = settings.batch_size // 2
-    rng = np.random.default_rng(settings.seed)
-    loss = torch.tensor(math.nan)
-    for step in range(settings.steps):
-        y = masks.batch(step * half, half)
-        with torch.no_grad():
-            z_masks = old_vae.encode(y)
-        pick = torch.from_numpy(rng.integers(0, len(train_latents), settings.batch_size - half))
-        latents, targets = torch.cat([z_masks, train_latents[pick]]), torch.cat([y, train_targets[pick]])
-        decoder.train()
-        loss = F.l1_loss(decoder(latents).clamp(-1, 1), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        on_step(step + 1, loss.item())
+    loss = _train_decoder(decoder, old_vae, train_latents, train_targets, settings, on_step)
     with torch.no_grad():
         bn_masks = TrainingTargets(settings.image_size, seed=settings.seed, stream=BATCH_NORM_STREAM)
         calibration = torch.cat([old_vae.encode(bn_masks.batch(0, settings.batch_norm_samples)), train_latents])
     _recalibrate(decoder, calibration)
     new_vae.decoder.load_state_dict(decoder.state_dict())
-    refit = Localizer(encoder=localizer.encoder, denoiser=localizer.denoiser, vae=new_vae).eval()
+    refit = Localizer(encoder=localizer.encoder, denoiser=localizer.denoiser, vae=new_vae,
+                      detector=localizer.detector).eval()
     new_config = dataclasses.replace(config, vae=vae_config)
     report = reconstruction_report(new_vae, settings.image_size, seed=settings.seed, count=256)
     return RefitResult(refit, new_config, report, mean_checkerboard(old_vae.decode, held_out),
-                       mean_checkerboard(new_vae.decode, held_out), float(loss))
+                       mean_checkerboard(new_vae.decode, held_out), loss)
 
 
 def refit_checkpoint(source: str | Path, settings: RefitSettings, out_dir: str | Path, *,

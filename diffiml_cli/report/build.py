@@ -26,7 +26,6 @@ from pathlib import Path
 import jinja2
 
 from diffiml_cli import __version__
-from diffiml_cli.batch.records import RESULTS_JSON, STATUSES
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, locked
 from diffiml_cli.report.cache import StatCache
@@ -34,6 +33,9 @@ from diffiml_cli.report.rows import RowSources, build_row, input_root, printable
 from diffiml_cli.report.thumbnails import ThumbnailStore
 
 REPORT_HTML = "report.html"
+# batch.records' names, repeated: importing the batch package loads torch (1 GB, seconds) for two constants.
+RESULTS_JSON = "results.json"
+STATUSES = ("ok", "skipped", "failed")
 TEMPLATE = "template.html.j2"
 METADATA_CACHE = "metadata.json"  # beside the thumbnail index, in thumbs/
 LOCK_NAME = ".report.lock"  # two reports into one folder take turns (their caches would race)

@@ -50,7 +50,7 @@ class StatCache:
         if current is None:
             return None
         with self._lock:
-            entry = self._old.get(key)
+            entry = self._used.get(key) or self._old.get(key)  # this run's first: a source listed twice
             if entry is None or entry.get("signature") != current or not isinstance(entry.get("value"), dict):
                 return None
             self._used[key] = entry

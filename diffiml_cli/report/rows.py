@@ -111,6 +111,14 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+BADGE_TITLES = {
+    "manipulated": "the detection score reaches the calibrated threshold",
+    "authentic": "no manipulation detected: not proof that none exists",
+    "none": "no verdict: the checkpoint has no calibrated detector",
+    "failed": "the input could not be analysed",
+}
+
+
 def _badge(entry: dict) -> tuple[str, str]:
     """(css class / sort key, text) of the verdict column."""
     if entry.get("status") == "failed":
@@ -119,6 +127,15 @@ def _badge(entry: dict) -> tuple[str, str]:
     if verdict in ("manipulated", "authentic"):
         return verdict, verdict
     return "none", "no verdict"
+
+
+def _reason(entry: dict) -> str | None:
+    """A failed record's error without the leading "<image>: " that localize puts before every reason."""
+    error = entry.get("error") if entry.get("status") == "failed" else None
+    if not isinstance(error, str) or not error:
+        return None
+    prefix = f"{entry['image']}: "
+    return error[len(prefix):] if error.startswith(prefix) and len(error) > len(prefix) else error
 
 
 def _metadata_details(metadata: FileMetadata) -> list[tuple[str, str]]:
@@ -183,8 +200,8 @@ def _files(entry: dict, input_path: Path, metadata: FileMetadata, sources: RowSo
     for kind in ("original", "overlay", "uncertainty"):
         thumb = sources.thumbs.get(kind, found[kind]) if found[kind] is not None else None
         thumbs[kind] = _thumb_cell(thumb, sources.out_dir) if thumb is not None else None
-        if thumb is not None and thumb.note:
-            notes.append(f"{kind}: {printable(thumb.note)}")
+        if thumb is not None and thumb.note and not (kind == "original" and entry.get("status") == "failed"):
+            notes.append(f"{kind}: {printable(thumb.note)}")  # a failed input's own error already says why
             if kind != "original":
                 found[kind] = None  # an unreadable output is not linked as if it could be viewed
     for kind in FULL_KINDS:
@@ -213,7 +230,7 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     """The table row and detail view of one record (a dict from results.json's "images").
 
     Returns {"name", "file", "folder", "badge", "badge_text", "score", "score_text", "score_kind",
-    "fraction_text", "size_text", "format_text", "thumbs": {kind: {"url", "width", "height"} | None},
+    "fraction_text", "size_text", "format_text", "camera_text", "thumbs": {kind: {"url", "width", "height"} | None},
     "full": {kind: url | None}, "details": [(label, value)], "notes": [str], "error": str | None, "key": [...],
     "search": str}; `key` is [score | None, verdict rank, fraction | None, name, size | None] for sorting.
     """
@@ -230,14 +247,19 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     fraction = _number(entry.get("manipulated_fraction"))
     name = printable(image)
     format_text = f"{metadata.format} · {metadata.width} × {metadata.height}" if metadata.format else ""
-    camera = " ".join(printable(metadata.exif[key]) for key in ("make", "model", "software") if key in metadata.exif)
-    error = printable(entry["error"]) if entry.get("status") == "failed" and entry.get("error") else None
+    if metadata.jpeg_quality is not None:
+        format_text += f" · Q≈{metadata.jpeg_quality}"
+    camera = " ".join(printable(metadata.exif[key]) for key in ("make", "model") if key in metadata.exif)
+    software = printable(metadata.exif.get("software", ""))
+    reason = _reason(entry)
+    error = None if reason is None else printable(reason)
     return {
         "name": name,
         "file": printable(os.path.basename(image) or image),
         "folder": printable(_folder_shown(image, sources.input_root)),
         "badge": badge,
         "badge_text": badge_text,
+        "badge_title": BADGE_TITLES[badge],
         "score": score,
         "score_text": "" if score is None else f"{score:.3f}",
         "score_kind": None if score is None else ("detection" if detection is not None else "image"),
@@ -245,11 +267,12 @@ def build_row(entry: dict, sources: RowSources) -> dict:
         "fraction_text": "" if fraction is None else f"{100 * fraction:.1f} %",
         "size_text": human_size(metadata.size),
         "format_text": format_text,
+        "camera_text": camera,
         "thumbs": thumbs,
         "full": full,
         "details": _metadata_details(metadata) + _score_details(entry, badge),
         "notes": notes,
         "error": error,
         "key": [score, VERDICT_RANK[badge], fraction, name.lower(), metadata.size],
-        "search": " ".join([name, badge_text, format_text, camera]).lower(),
+        "search": " ".join([name, badge_text, format_text, camera, software]).lower(),
     }
