@@ -16,6 +16,7 @@ from diffiml_cli.errors import DiffimlError
 
 MODEL_KINDS = ("diffusion", "discriminative")
 DECODER_UPSAMPLINGS = ("transposed", "resize")
+DECODER_LAYOUTS = ("diffiml", "official")
 RESOLUTIONS = ("resize", "native")
 
 
@@ -32,6 +33,10 @@ class MaskVAEConfig:
     # uneven overlaps print an 8-pixel checkerboard on decoded maps. "resize": bilinear upsampling, then a
     # 3x3 convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"): no uneven overlap.
     decoder_upsampling: str = "transposed"
+    # "diffiml": projection, ReLU, one upsampling stage per encoder stage, the last one straight to 1 channel.
+    # "official": the authors' LightVAE (scu-zjz/DiffIML): projection, BatchNorm, ReLU, three transposed stages
+    # that keep the last width, then a 3x3 convolution to 1 channel; for `diffiml convert`ed checkpoints.
+    decoder_layout: str = "diffiml"
     # Widths of the decoder's three upsampling stages' inputs; None mirrors hidden_channels (128, 64, 32).
     # A resize decoder convolves at the higher resolution, so it is given narrower stages to cost the same.
     decoder_channels: tuple[int, ...] | None = None
@@ -40,6 +45,8 @@ class MaskVAEConfig:
         if self.decoder_upsampling not in DECODER_UPSAMPLINGS:
             raise DiffimlError(f"unknown decoder_upsampling {self.decoder_upsampling!r}; "
                                f"choose one of {', '.join(DECODER_UPSAMPLINGS)}")
+        if self.decoder_layout not in DECODER_LAYOUTS:
+            raise DiffimlError(f"unknown decoder_layout {self.decoder_layout!r}; choose one of {', '.join(DECODER_LAYOUTS)}")
         if self.decoder_channels is not None and len(self.decoder_channels) != len(self.hidden_channels):
             raise DiffimlError(f"decoder_channels needs {len(self.hidden_channels)} widths, got {self.decoder_channels}")
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from diffiml_cli.checkpoint import load_training_state, save_checkpoint, save_training_state
 from diffiml_cli.config import ModelConfig, config_from_dict
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler
+from diffiml_cli.data.training_sets import with_authentic_per_batch
 from diffiml_cli.distributed import init_distributed
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write_bytes, remove_stale_temporaries
@@ -95,27 +96,6 @@ def epoch_indices(length: int, epoch: int, *, seed: int, rank: int, world_size: 
     permutation = np.random.default_rng([seed, epoch]).permutation(length)
     usable = length - length % world_size
     return permutation[:usable][rank::world_size]
-
-
-def with_authentic_per_batch(indices: np.ndarray, authentic: np.ndarray, batch_size: int, per_batch: int) -> np.ndarray:
-    """Reorder `indices` so that each batch of `batch_size` holds at least `per_batch` items whose
-    `authentic[index]` is True, while there are any; the order within each kind is kept.
-
-    indices: (n,) int item numbers in epoch order; authentic: (length,) bool over all items.
-    """
-    if per_batch <= 0:
-        return indices
-    if per_batch > batch_size:
-        raise DiffimlError(f"authentic_per_batch ({per_batch}) exceeds the batch size ({batch_size})")
-    flags = authentic[indices]
-    authentic_pool, edited_pool = list(indices[flags]), list(indices[~flags])
-    ordered: list[int] = []
-    while authentic_pool or edited_pool:
-        # per_batch authentic items, more once the edited ones run out, fewer once the authentic ones do
-        take = min(len(authentic_pool), max(per_batch, batch_size - len(edited_pool)))
-        ordered += authentic_pool[:take] + edited_pool[:batch_size - take]
-        authentic_pool, edited_pool = authentic_pool[take:], edited_pool[batch_size - take:]
-    return np.array(ordered, dtype=indices.dtype)
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:

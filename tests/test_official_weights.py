@@ -27,7 +27,7 @@ from official_diffiml import random_official
 
 pytestmark = pytest.mark.slow  # two MiT-b3 builds (ours is timm's slow init): about 20 s on two busy cores
 
-MAPPABLE = ("encoder", "denoiser", "vae.encoder")  # every part but the LightVAE decoder (module doc)
+MAPPABLE = ("encoder", "denoiser", "vae.encoder")  # the parts the numerical tests below check one by one
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float rounding through 28 blocks is ~1e-5; a misplaced tensor is O(1)
@@ -124,18 +124,21 @@ def test_the_mapped_parts_fill_every_tensor_of_ours(mapped):
     assert set(PARTS) == {*MAPPABLE, "vae.decoder"}
 
 
-def test_a_whole_conversion_stops_at_the_official_decoder_naming_its_first_tensor(official, official_files):
+def test_a_whole_conversion_decodes_as_the_official_light_vae(official, official_files):
     localizer_pth, vae_pth = official_files
     for arguments in ((localizer_pth,), (localizer_pth, vae_pth)):  # a matching vae_pth is checked, then the same
-        with pytest.raises(DiffimlError) as error:
-            convert_official(*arguments)
-        message = str(error.value)
-        assert message.startswith("`localizer_pth`: vae.decoder.1.weight") and "\n" not in message
+        state, config = convert_official(*arguments)
+        assert config.vae.decoder_layout == "official"
+        localizer = build_localizer(config).eval()
+        load_state_strict(localizer, state, "converted")
+        latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            torch.testing.assert_close(localizer.vae.decode(latent), official.vae.decoder(latent), rtol=1e-5, atol=1e-5)
     without_vae = {name: t for name, t in official.state_dict().items() if not name.startswith("vae.")}
     with pytest.raises(DiffimlError, match="pass the official light_vae_weights.pth as `vae_pth`"):
         map_official_state(without_vae)
-    with pytest.raises(DiffimlError, match=r"^`vae_pth`: decoder\.1\.weight"):
-        map_official_state(without_vae, read_official_pth(vae_pth, "vae_pth"))
+    assert set(map_official_state(without_vae, read_official_pth(vae_pth, "vae_pth"))) == set(
+        convert_official(localizer_pth)[0])
     other_vae = {name: t + 1 if name == "decoder.0.weight" else t for name, t in official.vae.state_dict().items()}
     with pytest.raises(DiffimlError, match="`vae_pth` is not the LightVAE inside `localizer_pth`: decoder.0.weight"):
         map_official_state(official.state_dict(), other_vae)
@@ -185,10 +188,19 @@ def test_a_pickle_holding_other_objects_is_refused_unrun(official, tmp_path):
         convert_official(tmp_path / "absent.pth")
 
 
-def test_cli_convert_writes_nothing_when_a_tensor_has_no_place(official_files, tmp_path):
-    result = CliRunner().invoke(app, ["convert", str(official_files[0]), "--out", str(tmp_path / "out")])
+def test_cli_convert_writes_nothing_when_a_tensor_has_no_place(official, tmp_path):
+    state = {name: t for name, t in official.state_dict().items() if name != "vae.decoder.1.weight"}
+    torch.save({"model": state}, tmp_path / "broken.pth")
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "broken.pth"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "vae.decoder.1.weight" in result.output and not (tmp_path / "out").exists()
+
+
+def test_cli_convert_writes_a_checkpoint_that_localize_loads(official_files, tmp_path):
+    result = CliRunner().invoke(app, ["convert", str(official_files[0]), "--out", str(tmp_path / "converted")])
+    assert result.exit_code == 0, result.output
+    _, config = load_model(tmp_path / "converted")
+    assert config.vae.decoder_layout == "official" and config.encoder.backbone == "pvt_v2_b3"
 
 
 def test_cli_convert_saves_what_load_official_returns_as_a_checkpoint(monkeypatch, tmp_path):

@@ -22,8 +22,8 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
-from diffiml_cli.training import (TRAIN_STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine,
-                                  with_authentic_per_batch)
+from diffiml_cli.data.training_sets import with_authentic_per_batch
+from diffiml_cli.training import TRAIN_STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
 
 
 class _Squares(Dataset):

@@ -41,6 +41,8 @@ def localize(
     resolution: ResolutionOption = None,
     allow_pickle: AllowPickleOption = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write <out>/report.html, the case report "
+                                         "of every image in --out (as `diffiml report` does).")] = False,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
@@ -66,6 +68,10 @@ def localize(
                                      should_stop=lambda: interrupted[0])
     finally:
         context.close()
+    if report and context.is_main and summary.stopped is None:
+        from diffiml_cli.report import build_report
+
+        stderr.print(f"report -> {markup_safe(build_report(out))}", soft_wrap=True)
     _report(summary, out, time.perf_counter() - start, main=context.is_main)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from diffiml_cli.data.augment import AugmentConfig
@@ -69,3 +70,24 @@ def build_validation_data(spec: str, *, image_size: int, seed: int, limit: int =
     pairs = load_spec(spec)[:limit]
     validate_pairs(pairs)
     return PairDataset(pairs, image_size=image_size, augment=None, crop=crop)
+
+
+def with_authentic_per_batch(indices: np.ndarray, authentic: np.ndarray, batch_size: int, per_batch: int) -> np.ndarray:
+    """Reorder `indices` so that each batch of `batch_size` holds at least `per_batch` items whose
+    `authentic[index]` is True, while there are any; the order within each kind is kept.
+
+    indices: (n,) int item numbers in epoch order; authentic: (length,) bool over all items.
+    """
+    if per_batch <= 0:
+        return indices
+    if per_batch > batch_size:
+        raise DiffimlError(f"authentic_per_batch ({per_batch}) exceeds the batch size ({batch_size})")
+    flags = authentic[indices]
+    authentic_pool, edited_pool = list(indices[flags]), list(indices[~flags])
+    ordered: list[int] = []
+    while authentic_pool or edited_pool:
+        # per_batch authentic items, more once the edited ones run out, fewer once the authentic ones do
+        take = min(len(authentic_pool), max(per_batch, batch_size - len(edited_pool)))
+        ordered += authentic_pool[:take] + edited_pool[:batch_size - take]
+        authentic_pool, edited_pool = authentic_pool[take:], edited_pool[batch_size - take:]
+    return np.array(ordered, dtype=indices.dtype)

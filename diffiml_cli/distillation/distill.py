@@ -208,6 +208,39 @@ def _report_dict(report: ReconstructionReport) -> dict[str, Any]:
     return data
 
 
+def _train(student: MaskVAE, teacher, targets: TrainingTargets, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, settings: DistillSettings, step: int, state_path: Path,
+           scale_factor: float, device: torch.device, on_step: Callable[[StepStats], None] | None
+           ) -> tuple[float, float]:
+    """Steps `step`..settings.steps of Eq. 6, saving the resumable state on schedule; returns the last
+    (L1, latent MSE), nan where there was none."""
+    last_l1 = last_latent_mse = math.nan
+    while step < settings.steps:
+        y = targets.batch(step * settings.batch_size, settings.batch_size).to(device)
+        z_t = teacher_latent(teacher, y) if teacher is not None else None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            loss, l1, latent_mse = distillation_loss(student, y.contiguous(memory_format=torch.channels_last), z_t,
+                                                     scale_factor=scale_factor, lambda_lat=settings.lambda_lat,
+                                                     one_sided=settings.recon_loss == "one-sided-l1")
+        if not torch.isfinite(loss):
+            raise DiffimlError(f"the loss became {float(loss)} at step {step + 1}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+        last_l1 = l1.item()
+        last_latent_mse = latent_mse.item() if latent_mse is not None else math.nan
+        if step % settings.save_every == 0 or step == settings.steps:
+            _save_state(state_path, settings, step, student, optimizer, scheduler)
+        if on_step is not None:
+            on_step(StepStats(step=step, steps=settings.steps, l1=last_l1,
+                              latent_mse=None if latent_mse is None else last_latent_mse, lr=lr))
+
+    return last_l1, last_latent_mse
+
+
 def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool = False,
                 device: torch.device | str = "cpu",
                 on_step: Callable[[StepStats], None] | None = None) -> DistillResult:
@@ -241,30 +274,8 @@ def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool 
                               data_share=settings.data_share, edge_share=settings.edge_share,
                               edge_width=settings.edge_width)
 
-    last_l1 = last_latent_mse = math.nan
-    while step < settings.steps:
-        y = targets.batch(step * settings.batch_size, settings.batch_size).to(device)
-        z_t = teacher_latent(teacher, y) if teacher is not None else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-            loss, l1, latent_mse = distillation_loss(student, y.contiguous(memory_format=torch.channels_last), z_t,
-                                                     scale_factor=scale_factor, lambda_lat=settings.lambda_lat,
-                                                     one_sided=settings.recon_loss == "one-sided-l1")
-        if not torch.isfinite(loss):
-            raise DiffimlError(f"the loss became {float(loss)} at step {step + 1}: lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        last_l1 = l1.item()
-        last_latent_mse = latent_mse.item() if latent_mse is not None else math.nan
-        if step % settings.save_every == 0 or step == settings.steps:
-            _save_state(state_path, settings, step, student, optimizer, scheduler)
-        if on_step is not None:
-            on_step(StepStats(step=step, steps=settings.steps, l1=last_l1,
-                              latent_mse=None if latent_mse is None else last_latent_mse, lr=lr))
-
+    last_l1, last_latent_mse = _train(student, teacher, targets, optimizer, scheduler, settings, step, state_path,
+                                      scale_factor, device, on_step)
     batch_norm_targets = TrainingTargets(
         settings.image_size, seed=settings.seed, stream=BATCH_NORM_STREAM, data_masks=data_masks,
         data_share=settings.data_share, edge_share=settings.edge_share, edge_width=settings.edge_width)

@@ -42,8 +42,15 @@ def _up(in_channels: int, out_channels: int, upsampling: str) -> nn.Sequential:
 def build_decoder(config: MaskVAEConfig) -> nn.Sequential:
     """raw latent (B, C, h, w) -> (B, 1, 8h, 8w): a 1x1 projection, then one upsampling stage per encoder stage."""
     stages = config.decoder_channels or config.hidden_channels[::-1]  # e.g. 128, 64, 32
-    widths = (*stages, 1)
     upsampling = config.decoder_upsampling
+    if config.decoder_layout == "official":  # the authors' layout, for converted checkpoints
+        widths = (*stages, stages[-1])
+        return nn.Sequential(
+            nn.Conv2d(config.latent_channels, widths[0], 1), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            *(_up(widths[i], widths[i + 1], upsampling) for i in range(len(widths) - 1)),
+            nn.Conv2d(widths[-1], 1, 3, padding=1),
+        )
+    widths = (*stages, 1)
     return nn.Sequential(
         nn.Conv2d(config.latent_channels, widths[0], 1),
         nn.ReLU(inplace=True),

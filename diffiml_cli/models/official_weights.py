@@ -16,10 +16,10 @@ official conv has no bias but ours has one (`unet.concat`, the LightVAE encoder'
 which computes the same function. Nothing else is reshaped, dropped or initialised: every official tensor
 must be used and every one of ours filled, or a `DiffimlError` names the first tensor that has no place.
 
-The official LightVAE *decoder* does not fit ours: it normalises after its 1x1 projection and ends with
+The official LightVAE *decoder* is laid out unlike ours: it normalises after its 1x1 projection and ends with
 ConvTranspose2d(32, 32) -> BatchNorm -> ReLU -> Conv2d(32, 1, 3), where ours ends with ConvTranspose2d(32, 1).
-`MaskVAEConfig` cannot build that layout, so converting a whole official checkpoint stops there, naming
-`vae.decoder.1.weight`; `map_official_state(..., parts=...)` converts the parts that do map.
+The converted config builds it as it is (`MaskVAEConfig.decoder_layout = "official"`); its transposed
+convolutions have no bias, so ours get zeros there too.
 
 LayerNorm epsilon: NVlabs' MiT, like timm's pvt_v2, uses 1e-6 in the blocks and stage norms and PyTorch's
 1e-5 in the patch embeddings and key/value reductions, so the converted config keeps timm's (None), not the
@@ -95,9 +95,11 @@ class _Tensors:
 
 
 def official_config() -> ModelConfig:
-    """The `paper` preset with timm's per-norm LayerNorm epsilons, which are NVlabs' MiT's (module doc)."""
+    """The `paper` preset with timm's per-norm LayerNorm epsilons, which are NVlabs' MiT's (module doc), and the
+    official LightVAE decoder layout."""
     paper = get_preset("paper")
-    return dataclasses.replace(paper, encoder=dataclasses.replace(paper.encoder, layer_norm_eps=None))
+    return dataclasses.replace(paper, encoder=dataclasses.replace(paper.encoder, layer_norm_eps=None),
+                               vae=dataclasses.replace(paper.vae, decoder_layout="official"))
 
 
 @functools.cache
@@ -203,15 +205,11 @@ def _light_vae_plan(side: str, ours: nn.Module, source: _Tensors, prefix: str) -
             raise DiffimlError(
                 f"`{source.argument}`: {prefix}{side}.{index}.weight (the official {side}'s {kind.__name__} at "
                 f"index {index}) has no place in our LightVAE {side}, which has {ours_there} there"
-                + (_DECODER_HINT if side == "decoder" else "")
+
             )
         for parameter in module.state_dict():
             plan[f"{name}.{parameter}"] = _Take(f"{index}.{parameter}", zero_if_absent=parameter == "bias")
     return plan
-
-
-_DECODER_HINT = ("; the official decoder normalises after its 1x1 projection and ends ConvTranspose2d(32, 32) -> "
-                 "BatchNorm -> ReLU -> Conv2d(32, 1, 3), a layout MaskVAEConfig cannot build")
 
 
 def _apply(plan: dict[str, _Take], expected: dict[str, torch.Tensor], source: _Tensors,

@@ -19,11 +19,13 @@ import datetime
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
 import jinja2
+from PIL import Image
 
 from diffiml_cli import __version__
 from diffiml_cli.errors import DiffimlError
@@ -154,8 +156,13 @@ def render(context: dict, path: Path) -> None:
 
 
 def _rows(entries: list[dict], sources: RowSources, workers: int) -> list[dict]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(lambda entry: build_row(entry, sources), entries))
+    # Warnings are filtered here, once, around the threads: warnings.catch_warnings is process-global state.
+    # Pillow's "Corrupt EXIF data" and decompression-bomb warnings would only repeat what the notes say.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(lambda entry: build_row(entry, sources), entries))
     return sorted(rows, key=_order)
 
 
@@ -163,8 +170,8 @@ def build_report(out_dir: str | Path, *, title: str | None = None, workers: int 
     """Write `out_dir/report.html` for the `localize` results in `out_dir` and return its path.
 
     Thumbnails (`out_dir/thumbs/`) and input metadata are made once and reused while their files are
-    unchanged, so a re-run after more images were localized only reads the new ones. Inputs and localize
-    outputs are never written. A missing or unreadable file becomes a note in its image's row. Raises
+    unchanged (same size, mtime and inode), so a re-run after more images were localized only reads the new
+    ones; delete `thumbs/` to have every input hashed again. Inputs and localize outputs are never written. A missing or unreadable file becomes a note in its image's row. Raises
     DiffimlError when results.json is missing or corrupt, or report.html or thumbs/ cannot be written.
     """
     out_dir = Path(out_dir)

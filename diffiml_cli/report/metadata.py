@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,16 +137,14 @@ def _read_exif(image: Image.Image) -> dict[str, str]:
 def _read_header(path: Path, metadata: FileMetadata) -> None:
     """Fill format, dimensions, EXIF and JPEG quality from the header, or add a note saying why not."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning, "Corrupt EXIF data": the note says enough
-            with Image.open(path) as image:
-                metadata.format = image.format
-                metadata.width, metadata.height = image.size
-                metadata.exif = _read_exif(image)
-                quantization = getattr(image, "quantization", None) if image.format == "JPEG" else None
-                estimate = estimate_jpeg_quality(quantization) if quantization else None
-                if estimate is not None:
-                    metadata.jpeg_quality, metadata.jpeg_tables_standard = estimate
+        with Image.open(path) as image:
+            metadata.format = image.format
+            metadata.width, metadata.height = image.size
+            metadata.exif = _read_exif(image)
+            quantization = getattr(image, "quantization", None) if image.format == "JPEG" else None
+            estimate = estimate_jpeg_quality(quantization) if quantization else None
+            if estimate is not None:
+                metadata.jpeg_quality, metadata.jpeg_tables_standard = estimate
     except Image.UnidentifiedImageError:
         metadata.notes.append("not a recognised image file")
     except Image.DecompressionBombError:
@@ -163,7 +160,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def read_metadata(path: Path) -> FileMetadata:
-    """The metadata of the file at `path` (see `FileMetadata`); never raises for a bad or missing file."""
+    """The metadata of the file at `path` (see `FileMetadata`); never raises for a bad or missing file.
+
+    Pillow's warnings about damaged metadata are left to the caller (`build_report` silences them once, as
+    `warnings.catch_warnings` is not safe to enter from several threads).
+    """
     metadata = FileMetadata()
     try:
         status = os.stat(path)

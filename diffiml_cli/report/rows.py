@@ -17,11 +17,12 @@ from urllib.parse import quote
 
 from diffiml_cli.report.cache import StatCache, signature
 from diffiml_cli.report.metadata import FileMetadata, read_metadata
-from diffiml_cli.report.thumbnails import ThumbnailStore
+from diffiml_cli.report.thumbnails import Thumbnail, ThumbnailStore
 
 BROWSER_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP"})  # what a browser shows; TIFF is not
 FULL_KINDS = ("original", "overlay", "mask", "uncertainty")  # the detail view's panels, in order
 VERDICT_RANK = {"manipulated": 3, "none": 2, "authentic": 1, "failed": 0}  # the verdict column's sort order
+NUL_NOTE = "the recorded path holds a NUL byte: no file can have that name"
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -162,6 +163,7 @@ def _metadata_details(metadata: FileMetadata) -> list[tuple[str, str]]:
 
 
 def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
+    """The detail view's (label, value) lines about what localize found."""
     lines = []
     detection, image = _number(entry.get("detection_score")), _number(entry.get("image_score"))
     fraction = _number(entry.get("manipulated_fraction"))
@@ -182,7 +184,7 @@ def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
     return lines
 
 
-def _thumb_cell(thumb, base: Path) -> dict | None:
+def _thumb_cell(thumb: Thumbnail, base: Path) -> dict | None:
     if thumb.path is None:
         return None
     return {"url": relative_url(thumb.path, base), "width": thumb.width, "height": thumb.height}
@@ -236,7 +238,7 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     """
     image = entry["image"]
     input_path = Path(image)  # a relative input path is read from the current folder, as localize took it
-    metadata = cached_metadata(input_path, sources.metadata) if "\0" not in image else FileMetadata(notes=["bad path"])
+    metadata = cached_metadata(input_path, sources.metadata) if "\0" not in image else FileMetadata(notes=[NUL_NOTE])
     badge, badge_text = _badge(entry)
     thumbs, full, notes = _files(entry, input_path, metadata, sources)
     notes = [printable(note) for note in metadata.notes] + notes

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +57,11 @@ def decode_small(path: Path, side: int = THUMB_SIDE) -> np.ndarray:
     the smallest JPEG DCT scale that still has `2 * side` pixels (a fraction of a full decode's time).
     Raises DiffimlError naming the problem (not an image, too large, corrupt)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: the limit below decides
-            with Image.open(path) as image:
-                if image.width * image.height > DEFAULT_MAX_PIXELS:
-                    raise DiffimlError(f"too large to decode safely ({image.width}x{image.height} pixels)")
-                image.draft("RGB", (2 * side, 2 * side))  # no effect for formats other than JPEG
-                return pil_to_rgb(image)
+        with Image.open(path) as image:
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                raise DiffimlError(f"too large to decode safely ({image.width}x{image.height} pixels)")
+            image.draft("RGB", (2 * side, 2 * side))  # no effect for formats other than JPEG
+            return pil_to_rgb(image)
     except DiffimlError:
         raise
     except Image.UnidentifiedImageError:
