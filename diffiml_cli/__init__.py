@@ -6,7 +6,7 @@
     result.probability, result.mask, result.uncertainty, result.detection_score, result.verdict
 """
 
-__version__ = "0.2.0"
+from diffiml_cli.version import __version__
 
 __all__ = [
     "DiffimlError",

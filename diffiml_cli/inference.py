@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,9 +23,6 @@ from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import decoded_to_probability
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
-
-if TYPE_CHECKING:  # the pipeline builds inputs; this module only reads .tensor and .valid
-    from diffiml_cli.pipeline import ModelInput
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -47,6 +43,19 @@ class SamplingOptions:
             raise DiffimlError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.ensemble < 1:
             raise DiffimlError(f"ensemble must be at least 1, got {self.ensemble}")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One image (or tile) as the model takes it.
+
+    tensor: (3, h, w) float32 in [0, 1]. "resize": h = w = the model's image_size. "native": the image at its
+            own resolution, reflection-padded at the bottom and right to multiples of `input_multiple`.
+    valid:  (height, width) of the top-left region of `tensor` that holds the image; the rest is padding.
+    """
+
+    tensor: torch.Tensor
+    valid: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,9 @@ class Predictor:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.localizer.to(memory_format=self.memory_format)
         self.discriminative = isinstance(localizer, DiscriminativeLocalizer)
+        # The backbone needs sides that are multiples of 32; each UNet level below the first halves the latent.
+        levels = 1 if self.discriminative else len(localizer.denoiser.config.block_out_channels)
+        self.input_multiple = max(32, 8 * 2 ** (levels - 1))
         if self.discriminative:  # sampling options are ignored: one forward pass per view
             segment = self.localizer.segment
             self.segment = torch.compile(segment, dynamic=False) if compile else segment
@@ -170,7 +182,10 @@ class Predictor:
         """images: (B, 3, H, W) float in [0, 1], H and W multiples of the model's `input_multiple`
         (the image size for a "resize" model) -> Prediction with (B, 1, H, W) maps. The detection score, when
         the model has a detector, is of the whole (B, 3, H, W) input; `predict_inputs` scores the image alone."""
-        B = images.shape[0]
+        B, _, H, W = images.shape
+        if H % self.input_multiple or W % self.input_multiple:
+            raise DiffimlError(f"image sides must be multiples of {self.input_multiple} for this model, got {H} x {W}; "
+                               "pad them (LocalizationPipeline does)")
         images = images.to(self.device, non_blocking=True)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, S, S)
         views = views.contiguous(memory_format=self.memory_format)
@@ -223,7 +238,7 @@ class Predictor:
             logits = self.localizer.detector.score(evidence.to(self.device), cells.to(self.device))
             return torch.sigmoid(logits).cpu()
 
-    def predict_inputs(self, inputs: Sequence["ModelInput"], options: SamplingOptions) -> list[Prediction]:
+    def predict_inputs(self, inputs: Sequence[ModelInput], options: SamplingOptions) -> list[Prediction]:
         """One Prediction per input (B = 1), its maps cropped to the input's valid region and its image
         and detection scores taken there. Inputs of the same shape run through the model as one batch;
         each image's noise depends only on the seed, so grouping does not change any result."""

@@ -24,30 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffiml_cli import __version__
+from diffiml_cli.version import __version__
 from diffiml_cli.config import ModelConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb, pil_to_rgb
 from diffiml_cli.image_ops import resize_image
-from diffiml_cli.inference import DEFAULT_PRECISION, Prediction, Predictor, SamplingOptions, resolve_device
+from diffiml_cli.inference import DEFAULT_PRECISION, ModelInput, Prediction, Predictor, SamplingOptions, resolve_device
 from diffiml_cli.tiling import Stitcher, tile_grid
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 VERDICTS = ("manipulated", "authentic")
 DEFAULT_TILE_OVERLAP = 128  # px; about the receptive field's reach at the encoder's coarsest stage
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """One image (or tile) as the model takes it.
-
-    tensor: (3, h, w) float32 in [0, 1]. "resize": h = w = the model's image_size. "native": the image at its
-            own resolution, reflection-padded at the bottom and right to multiples of `input_multiple`.
-    valid:  (height, width) of the top-left region of `tensor` that holds the image; the rest is padding.
-    """
-
-    tensor: torch.Tensor
-    valid: tuple[int, int]
 
 
 @dataclass(frozen=True)

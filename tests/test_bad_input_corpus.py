@@ -236,6 +236,7 @@ def test_nested_folders_are_mirrored(tiny_checkpoint, tmp_path):
     assert_outputs(tmp_path / "out" / "sub" / "deeper", "lossy", (40, 30))
 
 
+@pytest.mark.slow
 def test_debug_gives_a_traceback_and_plain_runs_one_line(tmp_path):
     assert "debug-traceback" in SCENARIOS
     spec = tmp_path / "set.json"

@@ -28,6 +28,7 @@ from faults import KillSwitch, check_files, mtimes, run_until_killed, temporarie
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="forks and reads /proc/self/fd"),
     pytest.mark.usefixtures("one_thread"),  # the forked children run on one thread, so must the parent
+    pytest.mark.slow,  # every test kills a whole command and runs it again
 ]
 
 STEPS = 6

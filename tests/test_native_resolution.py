@@ -16,7 +16,8 @@ from diffiml_cli.config import ModelConfig, config_from_dict
 from diffiml_cli.data.augment import crop_at_native_resolution
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
-from diffiml_cli.pipeline import ModelInput, prepare_input
+from diffiml_cli.inference import ModelInput
+from diffiml_cli.pipeline import prepare_input
 from diffiml_cli.models.build import load_model
 from diffiml_cli.presets import get_preset
 

@@ -102,6 +102,7 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_rate(tmp_path):
     assert len(_trainer(tmp_path, steps=10).optimizer.param_groups) == 1  # the default: one group, as before
 
 
+@pytest.mark.slow
 def test_overfits_one_fixed_batch(tmp_path):
     trainer = _trainer(tmp_path, steps=300, learning_rate=3e-3)
     batch = _batch(trainer)

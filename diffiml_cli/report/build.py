@@ -27,7 +27,7 @@ from pathlib import Path
 import jinja2
 from PIL import Image
 
-from diffiml_cli import __version__
+from diffiml_cli.version import __version__
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, locked
 from diffiml_cli.report.cache import StatCache
