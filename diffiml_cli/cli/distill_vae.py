@@ -16,6 +16,7 @@ from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, 
 from diffiml_cli.distillation.teacher import DEFAULT_TEACHER
 from diffiml_cli.inference import resolve_device
 
+DISTILL = DistillSettings()  # the defaults every option shows
 _SMOOTHING = 0.98  # exponential moving average of the losses shown on the progress bar
 
 
@@ -27,21 +28,21 @@ def distill_vae(
         help="Folder of the VAE inside the teacher repository, e.g. 'vae' for a full pipeline.")] = None,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="A dataset (IMDL-BenCo JSON or Tp/Gt folder) whose masks are mixed in; repeatable.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = 14_000,
-    batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = 4,
-    image_size: Annotated[int, typer.Option(help="Training mask size in pixels (a multiple of 8).", min=8)] = 256,
-    lambda_lat: Annotated[float, typer.Option(help="Weight of the latent MSE to the teacher (paper Eq. 6).", min=0.0)] = 0.01,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).", min=0.0)] = 2e-3,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = DISTILL.steps,
+    batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = DISTILL.batch_size,
+    image_size: Annotated[int, typer.Option(help="Training mask size in pixels (a multiple of 8).", min=8)] = DISTILL.image_size,
+    lambda_lat: Annotated[float, typer.Option(help="Weight of the latent MSE to the teacher (paper Eq. 6).", min=0.0)] = DISTILL.lambda_lat,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine decay).", min=0.0)] = DISTILL.lr,
     recon_loss: Annotated[str, typer.Option(
         help="one-sided-l1 (overshoot beyond +-1 is free; learns boundaries faster) or l1 (the paper's).")
-    ] = "one-sided-l1",
+    ] = DISTILL.recon_loss,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the mask_vae checkpoint.")] = Path("runs/lightvae"),
     resume: Annotated[bool, typer.Option(help="Continue the run whose training_state.pt is in --out.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every training mask.")] = 0,
-    save_every: Annotated[int, typer.Option(help="Steps between resumable training states.", min=1)] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of every training mask.")] = DISTILL.seed,
+    save_every: Annotated[int, typer.Option(help="Steps between resumable training states.", min=1)] = DISTILL.save_every,
     device: DeviceOption = "auto",
     bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast: about 2x faster on CPUs "
-                                       "with AVX512-BF16/AMX and on recent GPUs.")] = False,
+                                       "with AVX512-BF16/AMX and on recent GPUs.")] = DISTILL.bf16,
     refit_decoder: Annotated[str | None, typer.Option(
         help="Instead: refit this localizer checkpoint's decoder as a resize-convolution decoder (no 8-pixel "
         "checkerboard), keeping its encoder and denoiser; --out receives the new localizer checkpoint.")] = None,

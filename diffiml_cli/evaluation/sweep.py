@@ -28,7 +28,7 @@ from diffiml_cli.pipeline import LocalizationPipeline
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 SWEEP_METRICS = ("pixel_f1", "pixel_f1_all", "oracle_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc",
-                 "seconds_per_image")
+                 "max_score_auc", "image_balanced_accuracy", "seconds_per_image")
 
 
 def summarize_over_seeds(values: Sequence[float]) -> dict[str, float | list[float]]:
