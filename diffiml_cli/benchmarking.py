@@ -232,7 +232,7 @@ def run_benchmark(
     device: torch.device,
     precisions: Sequence[str] = ("fp32",),
     compile: bool = False,
-    steps: int = 8,
+    steps: int = SamplingOptions.steps,
     ensembles: Sequence[int] = (1, 5),
     batch_sizes: Sequence[int] = (1, 8),
     tta: bool = False,

@@ -87,15 +87,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def remove_stale_temporaries(directory: str | Path, names: Sequence[str]) -> None:
     """Delete the `.<name>.<random>.tmp` files that a writer killed mid-write left in `directory` for each of
-    `names`; a folder that does not exist has none."""
-    for name in names:
-        with contextlib.suppress(OSError):
-            for stale in Path(directory).glob(f"{_glob_escape(_temporary_prefix(name))}*.tmp"):
-                stale.unlink(missing_ok=True)
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+    `names`: one listing of the folder, whatever the number of names; a folder that does not exist has none."""
+    prefixes = {_temporary_prefix(name) for name in names}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:  # mkstemp's names are <prefix><8 random characters>.tmp
+        if entry.name.endswith(".tmp") and entry.name[:-12] in prefixes:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:

@@ -56,7 +56,7 @@ def compare_vae(
     many short kernels each wait at a thread barrier), so `speedup_min` is the less load-biased ratio.
     """
     if iters < 1:
-        raise DiffimlError(f"--iters must be at least 1, got {iters}")
+        raise DiffimlError(f"`iters` must be at least 1, got {iters}")
     if fp16 and device.type != "cuda":
         raise DiffimlError("`fp16` needs a CUDA device; on the CPU inference runs in fp32")
     generator = torch.Generator().manual_seed(0)
@@ -74,23 +74,9 @@ def compare_vae(
         return sd_vae.decode(sd_vae.encode(sd_input).latent_dist.mode()).sample
 
     autocast = torch.autocast("cuda", dtype=torch.float16) if fp16 else nullcontext()
-    parts = {}
     with torch.inference_mode(), autocast:
-        for name, model, fn, memory_format in (
-            ("mask_vae", mask_vae, run_mask_vae, "channels_last"),
-            ("sd_vae", sd_vae, run_sd_vae, "contiguous"),
-        ):
-            flops = count_flops(fn).flops
-            for _ in range(warmup - 1):
-                fn()
-            calls_ms = [time_call_ms(fn, device) for _ in range(iters)]
-            parts[name] = {
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "gflops": flops / 1e9,
-                "memory_format": memory_format,
-                "ms": summarize(calls_ms),
-                "calls_ms": calls_ms,
-            }
+        parts = {"mask_vae": _time_part(mask_vae, run_mask_vae, "channels_last", device, warmup, iters),
+                 "sd_vae": _time_part(sd_vae, run_sd_vae, "contiguous", device, warmup, iters)}
     return {
         "image_size": image_size,
         "device": str(device),
@@ -103,3 +89,14 @@ def compare_vae(
         "speedup_min": parts["sd_vae"]["ms"]["min"] / parts["mask_vae"]["ms"]["min"],
         "flops_ratio": parts["sd_vae"]["gflops"] / parts["mask_vae"]["gflops"],
     }
+
+
+def _time_part(model: torch.nn.Module, fn, memory_format: str, device: torch.device, warmup: int, iters: int
+               ) -> dict[str, Any]:
+    """FLOPs of `fn` on its first (warmup) call, then `warmup - 1` more untimed calls and `iters` timed ones."""
+    flops = count_flops(fn).flops
+    for _ in range(warmup - 1):
+        fn()
+    calls_ms = [time_call_ms(fn, device) for _ in range(iters)]
+    return {"parameters": sum(p.numel() for p in model.parameters()), "gflops": flops / 1e9,
+            "memory_format": memory_format, "ms": summarize(calls_ms), "calls_ms": calls_ms}

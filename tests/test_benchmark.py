@@ -153,7 +153,7 @@ def test_cli_passes_options_to_the_library(monkeypatch):
     assert received["ensembles"] == [1, 3] and received["batch_sizes"] == [2]
     assert received["tta"] is True and received["with_vae_comparison"] is True
     assert received["compile"] is False
-    assert (received["warmup"], received["iters"], received["steps"]) == (0, 4, 8)
+    assert (received["warmup"], received["iters"], received["steps"]) == (0, 4, SamplingOptions().steps)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,10 @@ def test_the_score_pools_the_image_alone_and_cells_summarise_the_maps():
         evidence = detector(condition, cells)
         features = detector.pooled(evidence, cells)
     assert features.shape == (1, 6)
-    assert features[0, 3] == pytest.approx(0.75) and features[0, 5] == pytest.approx(1 / 6)  # max prob, marked share
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    assert features[0, 3] == pytest.approx(logit(0.75)) and features[0, 5] == pytest.approx(logit(1 / 6))
+    # a fresh detector scores the image by its maximum probability, the baseline it is trained to beat
+    assert torch.sigmoid(detector.score(evidence, cells)).item() == pytest.approx(0.75)
 
 
 def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():

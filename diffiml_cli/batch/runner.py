@@ -122,8 +122,11 @@ def localize_files(
             result.note = None
             summary.results.append(result)
             on_result(result)
-    for folder in {paths["mask"].parent for _, paths in todo}:
-        remove_stale_temporaries(folder, [p.name for _, paths in todo for p in paths.values() if p.parent == folder])
+    names_by_folder: dict[Path, list[str]] = {}
+    for _, paths in todo:
+        names_by_folder.setdefault(paths["mask"].parent, []).extend(p.name for p in paths.values())
+    for folder, names in names_by_folder.items():  # of a run killed mid-write
+        remove_stale_temporaries(folder, names)
     if summary.stopped is None:
         _stream(todo, pipeline, options, summary, on_result, should_stop)
     summary.left = len(todo) - summary.attempted
@@ -191,7 +194,8 @@ def _result_for(item: _Loaded, prediction: LocalizationResult, seconds: float, r
     height, width = item.image.shape[:2]
     return ImageResult(
         image=str(item.path), status="ok", image_score=round(prediction.image_score, 6),
-        detection_score=None if prediction.detection_score is None else round(prediction.detection_score, 6),
+        # unrounded: the verdict compares it with the calibrated threshold, which can lie within 1e-6 of it
+        detection_score=prediction.detection_score,
         verdict=prediction.verdict, gated=prediction.gated, manipulated_fraction=prediction.manipulated_fraction,
         width=width, height=height, tiles=prediction.tiles, outputs={k: str(v) for k, v in item.paths.items()},
         timings={"load_s": round(item.load_seconds, 4), "predict_s": round(seconds, 4)}, run_id=run_id,

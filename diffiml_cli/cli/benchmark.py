@@ -11,6 +11,7 @@ from rich.table import Table
 
 from diffiml_cli.benchmarking import benchmark_model, run_benchmark
 from diffiml_cli.cli.common import (
+    SAMPLING,
     AllowPickleOption,
     CheckpointOption,
     DeviceOption,
@@ -34,7 +35,7 @@ def benchmark(
         int | None, typer.Option(help="Square input size in pixels. Default: the model's own; 512 for a native-resolution "
                                  "model, which runs at each image's size.", min=32)
     ] = None,
-    steps: StepsOption = 8,
+    steps: StepsOption = SAMPLING.steps,
     ensemble: Annotated[str, typer.Option(help="Comma-separated ensemble sizes N to time.")] = "1,5",
     tta: TtaOption = False,
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes (images per call) to time.")] = "1,8",

@@ -10,7 +10,12 @@ localizer produced, and also the condition it produced it from:
 - a small convolutional head turns them into an evidence logit per cell (trained to find the edit, with the
   mask's share of each cell as its target);
 - the evidence is pooled over the whole image (mean of its top 1 % and top 10 % of cells, and its mean), beside
-  three pooled probability statistics (max, mean, marked share), and one linear layer gives the image logit.
+  three pooled probability statistics (max, mean, marked share) taken to logit space, and one linear layer
+  gives the image logit.
+
+That layer starts as the baseline score, the logit of the map's maximum (weight 1 on it, 0 elsewhere): raw
+probabilities crowd near 0 and 1, where a linear layer with small weights cannot tell them apart, and a first
+detector trained on them scored below the plain maximum. Training moves it only where that helps on its data.
 
 Everything it pools is a per-cell map, so a tiled image (`tiling.py`) is scored from its stitched maps as a
 whole, and padding is left out by cropping the maps to the image. It runs once per image, after sampling.
@@ -28,6 +33,7 @@ from diffiml_cli.config import DetectorConfig
 
 CELL_CHANNELS = 4  # mean probability, max probability, marked share, mean uncertainty
 MARK_THRESHOLD = 0.5  # the marked share the detector reads is at the default pixel threshold, whatever the user's
+LOGIT_FLOOR = 1e-4  # probabilities and shares are clamped to [1e-4, 1 - 1e-4] before the logit: about +-9.2
 
 
 def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, cell: int = 8) -> torch.Tensor:
@@ -64,6 +70,10 @@ class Detector(nn.Module):
             nn.Conv2d(width // 2, 1, 1),
         )
         self.pool = nn.Linear(len(config.top_fractions) + 4, 1)
+        with torch.no_grad():  # start as the baseline: the image logit is the logit of the map's maximum
+            self.pool.weight.zero_()
+            self.pool.weight[0, len(config.top_fractions) + 1] = 1.0
+            self.pool.bias.zero_()
 
     def forward(self, condition: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The per-cell evidence logits (B, 1, h, w)."""
@@ -71,12 +81,16 @@ class Detector(nn.Module):
         return self.local(torch.cat([condition, cells], dim=1))
 
     def pooled(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """evidence (B, 1, h, w), cells (B, 4, h, w), both over the image alone -> (B, F) pooled features."""
+        """evidence (B, 1, h, w), cells (B, 4, h, w), both over the image alone -> (B, F) pooled features:
+        the evidence's top means and mean (logits), then the logits of the maximum probability, the mean
+        probability and the marked share (each within about +-9.2)."""
         flat = evidence.float().flatten(1)
         cells = cells.float()
         features = [_top_mean(flat, fraction) for fraction in self.config.top_fractions]
-        features += [flat.mean(dim=1), cells[:, 1].flatten(1).amax(dim=1), cells[:, 0].flatten(1).mean(dim=1),
-                     cells[:, 2].flatten(1).mean(dim=1)]
+        features.append(flat.mean(dim=1))
+        statistics = (cells[:, 1].flatten(1).amax(dim=1), cells[:, 0].flatten(1).mean(dim=1),
+                      cells[:, 2].flatten(1).mean(dim=1))
+        features += [torch.logit(value.clamp(LOGIT_FLOOR, 1.0 - LOGIT_FLOOR)) for value in statistics]
         return torch.stack(features, dim=1)
 
     def score(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
