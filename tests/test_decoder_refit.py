@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffiml_cli.config import MaskVAEConfig
+from diffiml_cli.errors import DiffimlError
 from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
 from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.models.build import load_model
@@ -56,3 +57,24 @@ def test_refit_keeps_encoder_and_denoiser_and_swaps_the_decoder(tmp_path, tiny_c
                    and torch.equal(new.state_dict()[name], old.state_dict()[name]) for name in new.state_dict())
     assert {row.kind: row.count for row in result.report.rows}["masks"] > 0
     assert np.isfinite(result.last_loss)
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [([], RefitSettings().steps), (["--steps", "7"], 7)])
+def test_the_refit_command_defaults_to_the_refit_step_count_not_the_distillation_one(monkeypatch, tmp_path,
+                                                                                     arguments, expected):
+    """`distill-vae --refit-decoder` once ran the 14,000 distillation steps when --steps was not given."""
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli import distill_vae as command
+    from diffiml_cli.cli.app import app
+
+    seen = {}
+
+    def fake_refit(checkpoint, settings, out, *, exclude, on_step):
+        seen["steps"] = settings.steps
+        raise DiffimlError("stop here")
+
+    monkeypatch.setattr(command, "refit_checkpoint", fake_refit)
+    result = CliRunner().invoke(app, ["distill-vae", "--refit-decoder", "weights", "--synthetic-from",
+                                      str(tmp_path), "--out", str(tmp_path / "out"), *arguments])
+    assert seen["steps"] == expected and result.exit_code == 1

@@ -13,10 +13,12 @@ from rich.table import Table
 
 from diffiml_cli.cli.common import DeviceOption, stderr
 from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae as run_distillation
+from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
 from diffiml_cli.distillation.teacher import DEFAULT_TEACHER
 from diffiml_cli.inference import resolve_device
 
 DISTILL = DistillSettings()  # the defaults every option shows
+REFIT = RefitSettings()
 _SMOOTHING = 0.98  # exponential moving average of the losses shown on the progress bar
 
 
@@ -28,7 +30,8 @@ def distill_vae(
         help="Folder of the VAE inside the teacher repository, e.g. 'vae' for a full pipeline.")] = None,
     data: Annotated[list[str] | None, typer.Option(
         "--data", help="A dataset (IMDL-BenCo JSON or Tp/Gt folder) whose masks are mixed in; repeatable.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.", min=1)] = DISTILL.steps,
+    steps: Annotated[int | None, typer.Option(
+        help=f"Optimizer steps. Default: {DISTILL.steps}; {REFIT.steps} with --refit-decoder.", min=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Masks per step.", min=1)] = DISTILL.batch_size,
     image_size: Annotated[int, typer.Option(help="Training mask size in pixels (a multiple of 8).", min=8)] = DISTILL.image_size,
     lambda_lat: Annotated[float, typer.Option(help="Weight of the latent MSE to the teacher (paper Eq. 6).", min=0.0)] = DISTILL.lambda_lat,
@@ -53,8 +56,9 @@ def distill_vae(
 ) -> None:
     """Train the mask autoencoder; writes model.safetensors, config.json and report.json to --out."""
     if refit_decoder:
-        _refit(refit_decoder, synthetic_from, exclude_photos, steps=steps, seed=seed, out=out)
+        _refit(refit_decoder, synthetic_from, exclude_photos, steps=steps or REFIT.steps, seed=seed, out=out)
         return
+    steps = steps or DISTILL.steps
     settings = DistillSettings(
         teacher=None if teacher.lower() == "none" else teacher, teacher_subfolder=teacher_subfolder,
         data=tuple(data or ()), steps=steps, batch_size=batch_size, image_size=image_size,
@@ -87,7 +91,6 @@ def distill_vae(
 
 def _refit(checkpoint: str, photos: Path | None, exclude: list[Path], *, steps: int, seed: int, out: Path) -> None:
     from diffiml_cli.training_setup import read_stems
-    from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
 
     settings = RefitSettings(photos=str(photos or ""), steps=steps, seed=seed)
     excluded = [stem for path in exclude for stem in read_stems(path)]
