@@ -94,8 +94,10 @@ def build_model(recipe: ModelRecipe) -> tuple[AnyLocalizer, ModelConfig]:
         localizer, config = load_model(recipe.init)
         if recipe.kind is not None and recipe.kind != config.kind:
             raise DiffimlError(f"`init` {recipe.init} is a {config.kind} model; it cannot continue as {recipe.kind}")
+        # Training changes the localizer or the detector, so an inherited calibration would no longer hold:
+        # the trained model has none until `diffiml calibrate` measures it again.
         config = dataclasses.replace(config, image_size=recipe.image_size or config.image_size,
-                                     resolution=recipe.resolution or config.resolution)
+                                     resolution=recipe.resolution or config.resolution, calibration=None)
     else:
         localizer, config = _fresh_model(recipe)
     if recipe.copy_move_cue is not None:

@@ -133,3 +133,17 @@ def test_evaluate_reports_detection_from_the_detector(detector_checkpoint, tmp_p
     for key in ("image_auc", "max_score_auc", "image_balanced_accuracy", "pixel_f1_all", "authentic_any_rate"):
         assert key in metrics and (metrics[key] is None or 0 <= metrics[key] <= 1)
     assert "detection_score" in document["definitions"] and "image_balanced_accuracy" in document["definitions"]
+
+
+def test_training_from_a_calibrated_checkpoint_drops_its_calibration(detector_checkpoint, tmp_path):
+    """A threshold measured on one model's scores says nothing about the model training makes of it."""
+    from diffiml_cli.training_setup import ModelRecipe, build_model
+
+    data = _set(tmp_path / "cal")
+    calibrated = tmp_path / "calibrated"
+    result = CliRunner().invoke(app, ["calibrate", "-d", str(data), "-c", str(detector_checkpoint), "-o",
+                                      str(calibrated), *FAST])
+    assert result.exit_code == 0, result.output
+    assert load_model(calibrated)[1].calibration is not None
+    _, config = build_model(ModelRecipe(init=str(calibrated)))
+    assert config.calibration is None and config.detector is not None
