@@ -1,6 +1,6 @@
 """Write a detection set from a list of held-out photos: untouched, post-processed and edited versions of each.
 
-For every photo named in the list (BSDS500 stems from docs/splits/), it writes four images:
+For every photo named in the list (BSDS500 stems from docs/splits/, which docs/make_splits.py writes), it writes four images:
 - Au/<stem>_plain.png: the photo as it is;
 - Au/<stem>_processed.png: the photo given the generator's post-processing of edits (re-rendered as by another
   camera half the time, then resized, blurred or JPEG-compressed, once or twice, as `_post_process` draws), so
