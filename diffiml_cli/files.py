@@ -39,12 +39,15 @@ def is_out_of_space(error: BaseException) -> bool:
 
 
 NAME_MAX = 255  # bytes in one file name on ext4, XFS, APFS and NTFS alike
+_TEMPORARY_SUFFIX = ".tmp"
+_RANDOM_CHARACTERS = 8  # what tempfile.mkstemp puts between prefix and suffix
+_TEMPORARY_TAIL = _RANDOM_CHARACTERS + len(_TEMPORARY_SUFFIX)
 
 
 def _temporary_prefix(name: str) -> str:
     """`.<name>.`, or `.<hash of name>.` when that would leave no room for mkstemp's 8 random characters and
     `.tmp` within NAME_MAX."""
-    if len(os.fsencode(name)) + 14 <= NAME_MAX:
+    if len(os.fsencode(name)) + 2 + _TEMPORARY_TAIL <= NAME_MAX:  # the two dots of the prefix
         return f".{name}."
     return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:32]}."
 
@@ -52,7 +55,7 @@ def _temporary_prefix(name: str) -> str:
 def temporary_beside(path: Path) -> Path:
     """A new, empty, private temporary file `.<name>.<random>.tmp` in path's folder; the caller fills and
     renames it (see `atomic_write`). Its mode becomes the usual 0666 minus the umask once renamed."""
-    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=_TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -93,8 +96,8 @@ def remove_stale_temporaries(directory: str | Path, names: Sequence[str]) -> Non
         entries = list(os.scandir(directory))
     except OSError:
         return
-    for entry in entries:  # mkstemp's names are <prefix><8 random characters>.tmp
-        if entry.name.endswith(".tmp") and entry.name[:-12] in prefixes:
+    for entry in entries:  # mkstemp's names are <prefix><random characters><suffix>
+        if entry.name.endswith(_TEMPORARY_SUFFIX) and entry.name[:-_TEMPORARY_TAIL] in prefixes:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 

@@ -124,7 +124,8 @@ def localize_files(
             on_result(result)
     names_by_folder: dict[Path, list[str]] = {}
     for _, paths in todo:
-        names_by_folder.setdefault(paths["mask"].parent, []).extend(p.name for p in paths.values())
+        for path in paths.values():
+            names_by_folder.setdefault(path.parent, []).append(path.name)
     for folder, names in names_by_folder.items():  # of a run killed mid-write
         remove_stale_temporaries(folder, names)
     if summary.stopped is None:
