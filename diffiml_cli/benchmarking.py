@@ -80,6 +80,7 @@ def benchmark_model(checkpoint: str | None, preset: str | None, *, image_size: i
     """(model, its config at the benchmarked square `image_size`, a description of the source): a random-init
     model of `preset`, or the checkpoint (default: the shipped one). A native model defaults to 512 px."""
     from diffiml_cli.checkpoint import default_checkpoint
+    from diffiml_cli.models.batchnorm_folding import fold_batchnorm
     from diffiml_cli.models.build import build_localizer, load_model
     from diffiml_cli.presets import get_preset
 
@@ -93,6 +94,7 @@ def benchmark_model(checkpoint: str | None, preset: str | None, *, image_size: i
         source_path = checkpoint or default_checkpoint()
         localizer, config = load_model(source_path, allow_pickle=allow_pickle)
         source = str(source_path)
+    fold_batchnorm(localizer.eval())  # as `load_localizer` runs it
     if image_size is None and config.resolution == "native":
         image_size = NATIVE_BENCHMARK_SIZE
     if image_size is not None:

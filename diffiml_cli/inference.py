@@ -123,6 +123,12 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def bf16_is_emulated(precision: str, device: torch.device) -> bool:
+    """Whether `precision` (a resolved one) is bf16 on a CPU without native bf16 (`cpu_has_native_bf16`): it runs,
+    but slower than fp32, so `auto` never picks it there."""
+    return precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' -> fp16 on CUDA, bf16 on a CPU with native bf16 (`cpu_has_native_bf16`), else fp32; an
     explicit choice is checked against the device."""

@@ -245,12 +245,15 @@ def load_localizer(source: str | Path | None = None, *, device: str = "auto", pr
                    **options: Any) -> LocalizationPipeline:
     """Load a checkpoint (default: the one shipped in `weights/`; or a directory, a .safetensors file, or a Hub
     id org/name[@revision]) onto a device, ready to `predict`. `options` are LocalizationPipeline's
-    (sampling, threshold, gate, tile, tile_overlap, batch_size); `resolution` overrides the checkpoint's."""
+    (sampling, threshold, gate, tile, tile_overlap, batch_size); `resolution` overrides the checkpoint's. Its
+    BatchNorms are folded into their convolutions (`models.batchnorm_folding`): to train, use `models.build.load_model`."""
     from diffiml_cli.checkpoint import default_checkpoint, model_card_summary, resolve_checkpoint
+    from diffiml_cli.models.batchnorm_folding import fold_batchnorm
     from diffiml_cli.models.build import load_model
 
     source = source or default_checkpoint()
     model, config = load_model(source, allow_pickle=allow_pickle)
+    fold_batchnorm(model)  # inference only: the same maps up to rounding, faster on the CPU
     if resolution is not None:
         config = dataclasses.replace(config, resolution=resolution)  # an unknown name is a DiffimlError
     torch_device = resolve_device(device)

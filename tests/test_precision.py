@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,21 @@ def test_benchmark_times_each_precision_side_by_side():
     assert rows["fp32"]["speedup_vs_fp32"] == 1.0
     bf16_ms = rows["bf16"]["timing"]["ms_per_image"]["median"]
     assert rows["bf16"]["speedup_vs_fp32"] == pytest.approx(rows["fp32"]["timing"]["ms_per_image"]["median"] / bf16_ms)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_localize_warns_only_when_bf16_is_emulated(monkeypatch, tiny_checkpoint, image_folder, tmp_path, native):
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+    args = ["localize", str(image_folder / "a.png"), "-c", str(tiny_checkpoint), "-o", str(tmp_path / "out"),
+            "--steps", "1", "--ensemble", "1", "--device", "cpu"]
+    asked = CliRunner().invoke(app, [*args, "--precision", "bf16"])
+    automatic = CliRunner().invoke(app, [*args, "--precision", "auto", "--overwrite"])
+    assert asked.exit_code == 0 and automatic.exit_code == 0, asked.output + automatic.output
+    assert ("bf16 is emulated" in asked.output) is not native
+    assert "emulated" not in automatic.output  # auto never picks an emulated precision
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["run"]["precision"] == ("bf16" if native else "fp32")

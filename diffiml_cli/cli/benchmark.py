@@ -105,6 +105,8 @@ def _render(result: dict[str, Any], console: Console) -> None:
         f"{dev['cpu_threads']} CPU threads, {', '.join(dev['precisions'])}"
         f"{', compiled denoiser' if dev['compile'] else ''}, torch {dev['torch']}"
     )
+    if dev["type"] == "cpu" and "bf16" in dev["precisions"] and not dev["native_bf16"]:
+        console.print("This CPU has no native bf16: the bf16 rows are emulated, which is why they are slow.")
     if model["config"].get("encoder", {}).get("copy_move_cue"):
         console.print("The copy-move cue runs OpenCV SIFT on the CPU, once per image: its time is in ms / img, "
                       "but it is not a tensor operator, so the GFLOPs leave it out.")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from diffiml_cli.distributed import rank_device
-from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions
+from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions, bf16_is_emulated
 from diffiml_cli.pipeline import DEFAULT_TILE_OVERLAP, LocalizationPipeline, load_localizer
 
 stderr = Console(stderr=True)
@@ -79,8 +79,17 @@ def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAU
                   allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, **options: Any
                   ) -> LocalizationPipeline:
     """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU)."""
-    return load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
-                          allow_pickle=allow_pickle, sampling=sampling, **options)
+    pipeline = load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
+                              allow_pickle=allow_pickle, sampling=sampling, **options)
+    warn_if_emulated(pipeline.predictor.precision, pipeline.predictor.device)
+    return pipeline
+
+
+def warn_if_emulated(precision: str, device: Any) -> None:
+    """One line on stderr when bf16 was asked for on a CPU that does not compute it natively."""
+    if bf16_is_emulated(precision, device):
+        stderr.print("[yellow]warning:[/] this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), so --precision "
+                     "bf16 is emulated and slower than fp32 here; --precision auto picks fp32 on it")
 
 
 @contextlib.contextmanager
