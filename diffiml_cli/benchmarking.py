@@ -62,6 +62,7 @@ from diffiml_cli.config import ModelConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.flops import count_flops
 from diffiml_cli.inference import Predictor, SamplingOptions, cpu_has_native_bf16
+from diffiml_cli.models.batchnorm_folding import fold_batchnorm
 from diffiml_cli.models.build import AnyLocalizer
 from diffiml_cli.models.detector import CELL_CHANNELS
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
@@ -80,7 +81,6 @@ def benchmark_model(checkpoint: str | None, preset: str | None, *, image_size: i
     """(model, its config at the benchmarked square `image_size`, a description of the source): a random-init
     model of `preset`, or the checkpoint (default: the shipped one). A native model defaults to 512 px."""
     from diffiml_cli.checkpoint import default_checkpoint
-    from diffiml_cli.models.batchnorm_folding import fold_batchnorm
     from diffiml_cli.models.build import build_localizer, load_model
     from diffiml_cli.presets import get_preset
 
@@ -94,7 +94,6 @@ def benchmark_model(checkpoint: str | None, preset: str | None, *, image_size: i
         source_path = checkpoint or default_checkpoint()
         localizer, config = load_model(source_path, allow_pickle=allow_pickle)
         source = str(source_path)
-    fold_batchnorm(localizer.eval())  # as `load_localizer` runs it
     if image_size is None and config.resolution == "native":
         image_size = NATIVE_BENCHMARK_SIZE
     if image_size is not None:
@@ -249,7 +248,8 @@ def run_benchmark(
 
     `config.image_size` is the size benchmarked (it may differ from the size the weights were trained at; the
     networks are fully convolutional). With `compile`, the denoiser is compiled during the first warmup call of
-    each new input shape, so keep `warmup` >= 1. Returns the structure in the module docstring.
+    each new input shape, so keep `warmup` >= 1. `localizer`'s BatchNorms are folded in place, as `load_localizer`
+    folds them; its parameters are counted before. Returns the structure in the module docstring.
     """
     progress = on_progress or (lambda message: None)
     if warmup < 0:
@@ -266,6 +266,8 @@ def run_benchmark(
                                      fp16="fp16" in precisions)
     if config.resolution == "native":  # the benchmarked square must run in one pass, neither shrunk nor tiled
         config = dataclasses.replace(config, native_max_side=max(config.native_max_side, image_size))
+    parameters = count_parameters(localizer)  # the checkpoint's, before the folding below changes them
+    fold_batchnorm(localizer.eval())  # in place, as `load_localizer` runs it
     flops = {N: count_pipeline_flops(localizer.to(device), image_size, steps, N, tta) for N in ensembles}
     settings = []
     for precision in precisions:
@@ -286,7 +288,7 @@ def run_benchmark(
         "device": describe_device(device, [row["precision"] for row in settings[:: len(ensembles) * len(batch_sizes)]],
                                   compile),
         "sampling": {"steps": steps, "tta": tta, "seed": seed},
-        "parameters": count_parameters(localizer),
+        "parameters": parameters,
         "settings": settings,
         "vae_comparison": vae_comparison,
     }

@@ -27,8 +27,10 @@ CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)  # timm's Conv2dSame is an nn.Con
 TIMM_PAIRS = {
     "EfficientNetFeatures": (("conv_stem", "bn1"),),
     "EfficientNet": (("conv_stem", "bn1"), ("conv_head", "bn2")),
-    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    "ConvBnAct": (("conv", "bn1"),),
+    "EdgeResidual": (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+    "DepthwiseSeparableConv": (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    "InvertedResidual": (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
 }
 
 
