@@ -87,3 +87,17 @@ def test_localize_warns_only_when_bf16_is_emulated(monkeypatch, tiny_checkpoint,
     assert "emulated" not in automatic.output  # auto never picks an emulated precision
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["run"]["precision"] == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_benchmark_warns_only_when_its_bf16_rows_are_emulated(monkeypatch, native):
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+    result = CliRunner().invoke(app, ["benchmark", "--preset", "test", "--precision", "fp32,bf16", "--steps", "1",
+                                      "--ensemble", "1", "--batch-size", "1", "--warmup", "0", "--iters", "1",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert ("bf16 is emulated" in result.output) is not native

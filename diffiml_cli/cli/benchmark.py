@@ -20,6 +20,7 @@ from diffiml_cli.cli.common import (
     TtaOption,
     parse_int_list,
     stderr,
+    warn_if_emulated,
 )
 from diffiml_cli.inference import PRECISIONS, resolve_device, resolve_precision
 from diffiml_cli.presets import PRESETS
@@ -61,6 +62,8 @@ def benchmark(
     localizer, config, source = benchmark_model(checkpoint, preset, image_size=image_size, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
     precisions = ["fp16"] if fp16 else [resolve_precision(name.strip(), torch_device) for name in precision.split(",")]
+    for name in dict.fromkeys(precisions):
+        warn_if_emulated(name, torch_device)  # the same line localize and evaluate print
     result = run_benchmark(
         localizer,
         config,
@@ -105,8 +108,6 @@ def _render(result: dict[str, Any], console: Console) -> None:
         f"{dev['cpu_threads']} CPU threads, {', '.join(dev['precisions'])}"
         f"{', compiled denoiser' if dev['compile'] else ''}, torch {dev['torch']}"
     )
-    if dev["type"] == "cpu" and "bf16" in dev["precisions"] and not dev["native_bf16"]:
-        console.print("This CPU has no native bf16: the bf16 rows are emulated, which is why they are slow.")
     if model["config"].get("encoder", {}).get("copy_move_cue"):
         console.print("The copy-move cue runs OpenCV SIFT on the CPU, once per image: its time is in ms / img, "
                       "but it is not a tensor operator, so the GFLOPs leave it out.")

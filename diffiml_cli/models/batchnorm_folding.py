@@ -57,9 +57,9 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 def _fold_pair(parent: nn.Module, conv_name: str, norm_name: str) -> int:
     conv, norm = getattr(parent, conv_name, None), getattr(parent, norm_name, None)
-    if not isinstance(conv, CONVOLUTIONS) or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
+    if not isinstance(conv, CONVOLUTIONS) or not isinstance(norm, nn.BatchNorm2d):
         return 0
-    if norm.running_mean is None or conv.out_channels != norm.num_features:
+    if not norm.track_running_stats or conv.out_channels != norm.num_features:  # batch statistics; a mismatch
         return 0
     plain = norm
     if type(norm) is not nn.BatchNorm2d:  # timm's BatchNormAct2d: the affine part here, drop + act kept below
