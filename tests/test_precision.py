@@ -11,7 +11,7 @@ import torch
 from diffiml_cli import inference
 from diffiml_cli.benchmarking import run_benchmark
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import SamplingOptions, cpu_has_native_bf16, resolve_precision
+from diffiml_cli.inference import SamplingOptions, cpu_has_native_bf16, member_spread, resolve_precision
 from diffiml_cli.models.build import build_localizer
 from diffiml_cli.pipeline import load_localizer
 from diffiml_cli.presets import get_preset
@@ -47,7 +47,7 @@ def test_bf16_masks_agree_with_fp32_on_nearly_every_pixel(tiny_checkpoint, one_t
     """bf16 keeps 8 bits of mantissa, so a probability moves by up to a few 1/256 and a pixel whose fp32 value
     lies that close to the threshold can flip. We accept 1 % of the pixels (measured: none to 0.1 % with this
     random-weight test model; the shipped model's numbers are in its model card); the maps themselves stay
-    within 0.1. The DDIM update, the decode and the detector run in fp32 in both."""
+    within 0.1. The DDIM update, the decode of the ensemble mean and the detector run in fp32 in both."""
     rng = np.random.default_rng(0)
     image = np.clip(rng.normal(128, 40, (96, 128, 3)), 0, 255).astype(np.uint8)
     results = {precision: load_localizer(tiny_checkpoint, device="cpu", precision=precision,
@@ -57,6 +57,33 @@ def test_bf16_masks_agree_with_fp32_on_nearly_every_pixel(tiny_checkpoint, one_t
     assert (fp32.mask == bf16.mask).mean() >= 0.99
     assert np.abs(fp32.probability - bf16.probability).max() < 0.1
     assert not np.array_equal(fp32.probability, bf16.probability)  # bf16 really ran
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_only_the_members_are_decoded_in_reduced_precision(tiny_checkpoint, one_thread, precision):
+    """The mean latent's decode is the probability map the threshold reads: always fp32. The N members' decodes
+    only feed the uncertainty, so they run in the chosen precision (the cheaper half of a CPU decode)."""
+    pipeline = load_localizer(tiny_checkpoint, device="cpu", precision=precision,
+                              sampling=SamplingOptions(steps=2, ensemble=3))
+    localizer = pipeline.predictor.localizer
+    decode, calls = localizer.decode_mask, []
+
+    def recording_decode(latents):
+        reduced = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        calls.append((latents.shape[0], reduced))
+        return decode(latents)
+
+    localizer.decode_mask = recording_decode
+    result = pipeline.predict(np.full((64, 64, 3), 100, np.uint8))
+    assert calls == [(1, False), (3, precision == "bf16")]
+    assert result.uncertainty.dtype == np.float32 and 0 <= result.uncertainty.min() <= result.uncertainty.max() <= 0.5
+
+
+def test_member_spread_is_the_population_standard_deviation():
+    members = torch.rand(2, 5, 1, 16, 24).contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(member_spread(members), members.std(dim=1, unbiased=False))
+    assert member_spread(members[:, :1]).abs().max() == 0  # one member: no spread
+    assert member_spread(members).shape == (2, 1, 16, 24)
 
 
 def test_benchmark_times_each_precision_side_by_side():
