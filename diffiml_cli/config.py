@@ -119,12 +119,17 @@ class CalibrationConfig:
 
     threshold: float  # an image is called manipulated when its detection score >= threshold
     target_far: float  # the authentic false-alarm rate the threshold was chosen for
-    far: float  # the false-alarm rate it gave on the calibration set's authentic images
-    tpr: float  # the share of the calibration set's tampered images it called manipulated
+    far: float  # the false-alarm rate it gave on the calibration set's authentic images (the highest over `rates`)
+    tpr: float  # the share of the set's tampered images it called manipulated (the lowest over `rates`)
     n_authentic: int
     n_tampered: int
     data: str = ""  # what the calibration set was
     sampling: tuple[tuple[str, Any], ...] = ()  # the sampling settings it was calibrated at, as (name, value)
+    # The inference precisions the set was scored in, comma-separated ("bf16,fp32"); "" in configs older than it.
+    # Reduced precision moves a detection score by up to about 1e-3, enough to carry an image across the threshold,
+    # so the threshold is the highest of each precision's own and `target_far` holds in each.
+    precision: str = ""
+    rates: tuple[tuple[str, float, float], ...] = ()  # (precision, far, tpr) at the threshold, one per precision
     # Whether `localize` empties the mask of an image called authentic unless told otherwise (--gate/--no-gate).
     gate: bool = False
 

@@ -232,7 +232,8 @@ class LocalizationPipeline:
             "detector": config.detector is not None,
             "calibration": None if calibration is None else {
                 "threshold": calibration.threshold, "target_far": calibration.target_far, "far": calibration.far,
-                "tpr": calibration.tpr, "data": calibration.data},
+                "tpr": calibration.tpr, "data": calibration.data, "precision": calibration.precision,
+                "rates": [list(rate) for rate in calibration.rates]},
             "image_size": config.image_size,
             "resolution": config.resolution,
             "tile": self.tile if config.resolution == "native" else 0,

@@ -81,6 +81,46 @@ def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():
         threshold_for_far([], 0.05)
 
 
+def test_calibrating_in_two_precisions_keeps_the_false_alarm_rate_in_each(monkeypatch):
+    """The threshold is the higher of the two precisions' own, so neither calls more than the target share of the
+    authentic images manipulated; a precision listed twice (auto resolving to a named one) is scored once."""
+    from types import SimpleNamespace
+
+    from diffiml_cli.evaluation import calibration as module
+    from diffiml_cli.evaluation.scoring import DatasetReport
+    from diffiml_cli.inference import SamplingOptions
+
+    authentic = {"fp32": np.linspace(0.0, 0.85, 20), "bf16": np.linspace(0.0, 0.95, 20)}
+    tampered = {"fp32": np.array([0.5, 0.92, 0.97]), "bf16": np.array([0.5, 0.93, 0.99])}
+
+    def fake_scores(pairs, pipeline):
+        precision = pipeline.predictor.precision
+        rows = [{"detection_score": s, "tampered": False} for s in authentic[precision]]
+        return DatasetReport(metrics={}, per_image=rows + [{"detection_score": s, "tampered": True}
+                                                           for s in tampered[precision]])
+
+    scored = []
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline: scored.append(pipeline) or
+                        fake_scores(pairs, pipeline))
+    pipelines = [SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=True,
+                                 sampling=SamplingOptions(steps=2, ensemble=5), predictor=SimpleNamespace(precision=p))
+                 for p in ("bf16", "fp32", "bf16")]
+    calibration, reports = module.calibrate(pipelines, [], target_far=0.1, gate=False)
+    own = {p: threshold_for_far(authentic[p], 0.1) for p in authentic}
+    assert own["bf16"] > own["fp32"] and calibration.threshold == own["bf16"]
+    assert len(scored) == 2 and set(reports) == {"bf16", "fp32"} and calibration.precision == "bf16,fp32"
+    rates = {p: (far, tpr) for p, far, tpr in calibration.rates}
+    assert rates["bf16"][0] == 0.1 and rates["fp32"][0] < 0.1  # at most the target in each
+    assert rates == {p: ((authentic[p] >= calibration.threshold).mean(), (tampered[p] >= calibration.threshold).mean())
+                     for p in authentic}
+    assert calibration.far == max(far for far, _ in rates.values())
+    assert calibration.tpr == min(tpr for _, tpr in rates.values())
+    assert all(p.gate for p in pipelines)  # each pipeline's gate restored after scoring ungated
+    pipelines[1].sampling = SamplingOptions(steps=4, ensemble=5)
+    with pytest.raises(DiffimlError, match="sample alike"):
+        module.calibrate(pipelines[:2], [], target_far=0.1, gate=False)
+
+
 def _set(root, count=4):
     for folder in ("Tp", "Gt", "Au"):
         (root / folder).mkdir(parents=True)
@@ -98,15 +138,16 @@ def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_check
     data = _set(tmp_path / "cal")
     calibrated = tmp_path / "calibrated"
     result = CliRunner().invoke(app, ["calibrate", "-d", str(data), "-c", str(detector_checkpoint), "--target-far",
-                                      "0.25", "--gate", "-o", str(calibrated), *FAST])
+                                      "0.25", "--gate", "--precision", "fp32", "-o", str(calibrated), *FAST])
     assert result.exit_code == 0, result.output
     _, config = load_model(calibrated)
     calibration = config.calibration
     assert calibration.far <= 0.25 and calibration.n_authentic == 4 and calibration.n_tampered == 4 and calibration.gate
     assert dict(calibration.sampling)["steps"] == 1
+    assert calibration.precision == "fp32"  # the precision the scores were computed in
     out = tmp_path / "out"
     run = CliRunner().invoke(app, ["localize", str(data / "Au"), str(data / "Tp"), "-c", str(calibrated), "-o",
-                                   str(out), *FAST])
+                                   str(out), "--precision", "fp32", *FAST])  # as calibrated
     assert run.exit_code == 0, run.output
     entries = json.loads((out / "results.json").read_text())["images"]
     for entry in entries:

@@ -262,3 +262,14 @@ def test_the_report_library_does_not_load_torch():
     # The report reads files only; loading torch would cost a GB of memory and seconds per run.
     code = "import sys, diffiml_cli.report; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_run_settings_name_the_calibration_and_the_precisions_it_was_scored_in():
+    from diffiml_cli.report.build import run_settings
+
+    calibration = {"threshold": 0.8088, "target_far": 0.05, "far": 0.05, "tpr": 0.56, "data": "cal: /sets/cal",
+                   "precision": "bf16,fp32"}
+    line = dict(run_settings({"calibration": calibration}))["Calibration"]
+    assert "threshold 0.8088" in line and "on cal: /sets/cal, scored in bf16,fp32" in line
+    older = dict(run_settings({"calibration": {**calibration, "precision": ""}}))["Calibration"]
+    assert older.endswith("on cal: /sets/cal")  # configs from before the field say nothing of it

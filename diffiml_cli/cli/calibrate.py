@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
-                                    EnsembleOption, PrecisionOption, SeedOption, StepsOption, open_pipeline, stderr)
+                                    EnsembleOption, SeedOption, StepsOption, open_pipeline, stderr)
+from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.display import markup_safe
 from diffiml_cli.evaluation.calibration import calibrate as choose, write_calibrated
 from diffiml_cli.evaluation.datasets import load_datasets
@@ -29,18 +30,23 @@ def calibrate(
     seed: SeedOption = SAMPLING.seed,
     batch_size: BatchSizeOption = 1,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = DEFAULT_PRECISION,
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions to score the set in (auto, fp32, bf16, "
+                         "fp16); the threshold keeps the false-alarm rate at most --target-far in each.")
+                         ] = DEFAULT_PRECISION,
     allow_pickle: AllowPickleOption = False,
 ) -> None:
     """Score the calibration set, pick the lowest detection threshold whose authentic false-alarm rate is at most
-    --target-far, and write the checkpoint with that threshold (and --gate) in its config; weights unchanged."""
+    --target-far in every listed precision, and write the checkpoint with that threshold (and --gate) in its
+    config; weights unchanged."""
     (name, (spec, pairs)), = load_datasets([data]).items()
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed)
-    pipeline = open_pipeline(checkpoint, device=device, precision=precision, allow_pickle=allow_pickle,
-                             sampling=sampling, batch_size=batch_size, gate=False)
-    calibration, report = choose(pipeline, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
-    write_calibrated(pipeline.source, calibration, out)
-    stderr.print(
-        f"threshold {calibration.threshold:.4f}: false alarms {calibration.far:.3f} of {calibration.n_authentic} "
-        f"authentic images (target {target_far:g}), detected {calibration.tpr:.3f} of {calibration.n_tampered} "
-        f"tampered; image AUC {report.metrics['image_auc']:.3f} -> {markup_safe(out)}", soft_wrap=True)
+    pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,
+                               sampling=sampling, batch_size=batch_size, gate=False)
+                 for each in dict.fromkeys(precision.split(",")))  # one model loaded at a time
+    calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
+    write_calibrated(checkpoint or default_checkpoint(), calibration, out)
+    for precision_name, far, tpr in calibration.rates:
+        stderr.print(f"{precision_name}: false alarms {far:.3f} of {calibration.n_authentic} authentic images "
+                     f"(target {target_far:g}), detected {tpr:.3f} of {calibration.n_tampered} tampered; image AUC "
+                     f"{reports[precision_name].metrics['image_auc']:.3f}", soft_wrap=True)
+    stderr.print(f"threshold {calibration.threshold:.4f} -> {markup_safe(out)}", soft_wrap=True)

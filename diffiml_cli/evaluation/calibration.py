@@ -2,16 +2,17 @@
 
 `calibrate` runs a checkpoint over a calibration set (tampered and authentic images: `docs/make_detection_sets.py`
 makes one from held-out photos, untouched and post-processed) and picks the lowest threshold on the detection
-score at which at most `target_far` of the authentic images are called manipulated. The threshold, the
-false-alarm and detection rates it gave there, and the sampling settings are stored in the checkpoint's config
-(`CalibrationConfig`); `localize` then writes a verdict. The weights are copied bit for bit.
+score at which at most `target_far` of the authentic images are called manipulated, in each of the precisions it
+is scored in (the shipped checkpoint: bf16 and fp32, what `auto` runs on CPUs with and without native bf16). The
+threshold, the false-alarm and detection rates it gave there, the sampling settings and the precisions are stored
+in the checkpoint's config (`CalibrationConfig`); `localize` then writes a verdict. The weights are copied bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,28 +37,51 @@ def threshold_for_far(authentic_scores: Sequence[float], target_far: float) -> f
     return float(np.nextafter(scores[allowed], np.inf))
 
 
-def calibrate(pipeline: LocalizationPipeline, pairs: Sequence[Pair], *, target_far: float, gate: bool,
-              data: str = "") -> tuple[CalibrationConfig, DatasetReport]:
-    """Score `pairs` with the pipeline (ungated) and choose the threshold; returns it with the report."""
-    if pipeline.config.detector is None:
-        raise DiffimlError(f"{pipeline.source}: this checkpoint has no detector to calibrate; train one with "
-                           "`diffiml train --init ... --train-detector`")
-    gate_before, pipeline.gate = pipeline.gate, False  # scored ungated: the threshold is what is being chosen
-    try:
-        report = evaluate_dataset(pairs, pipeline)
-    finally:
-        pipeline.gate = gate_before
+def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], *, target_far: float, gate: bool,
+              data: str = "") -> tuple[CalibrationConfig, dict[str, DatasetReport]]:
+    """Score `pairs` with each pipeline (one checkpoint and sampling, one precision each; ungated) and choose the
+    threshold: the highest of the precisions' own thresholds, so that at most `target_far` of the authentic images
+    are called manipulated in any of them. Returns it with each precision's report. `pipelines` may be a generator,
+    so that one model is loaded at a time; a second pipeline of a precision already scored is skipped."""
+    reports: dict[str, DatasetReport] = {}
+    sampling = None
+    for pipeline in pipelines:
+        if pipeline.config.detector is None:
+            raise DiffimlError(f"{pipeline.source}: this checkpoint has no detector to calibrate; train one with "
+                               "`diffiml train --init ... --train-detector`")
+        precision = pipeline.predictor.precision
+        if precision in reports:
+            continue  # "auto" may resolve to a precision also listed by name
+        if sampling not in (None, pipeline.sampling):
+            raise DiffimlError(f"calibrate: every pipeline must sample alike (got {pipeline.sampling} after {sampling})")
+        sampling = pipeline.sampling
+        gate_before, pipeline.gate = pipeline.gate, False  # scored ungated: the threshold is what is being chosen
+        try:
+            reports[precision] = evaluate_dataset(pairs, pipeline)
+        finally:
+            pipeline.gate = gate_before
+    if not reports:
+        raise DiffimlError("calibrate: no precision to score the set in")
+    scores = {name: _scores_by_class(report) for name, report in reports.items()}
+    threshold = max(threshold_for_far(authentic, target_far) for authentic, _ in scores.values())
+    rates = tuple((name, float(np.mean(authentic >= threshold)),
+                   float(np.mean(tampered >= threshold)) if tampered.size else math.nan)
+                  for name, (authentic, tampered) in scores.items())
+    authentic, tampered = next(iter(scores.values()))
+    calibration = CalibrationConfig(
+        threshold=threshold, target_far=target_far, far=max(far for _, far, _ in rates),
+        tpr=min(tpr for _, _, tpr in rates), n_authentic=authentic.size, n_tampered=tampered.size, data=data,
+        sampling=tuple(sorted(dataclasses.asdict(sampling).items())), precision=",".join(reports), rates=rates,
+        gate=gate,
+    )
+    return calibration, reports
+
+
+def _scores_by_class(report: DatasetReport) -> tuple[np.ndarray, np.ndarray]:
+    """(authentic, tampered) detection scores of a report's images, each (n,) float64 in [0, 1]."""
     authentic = [r["detection_score"] for r in report.per_image if not r["tampered"]]
     tampered = [r["detection_score"] for r in report.per_image if r["tampered"]]
-    threshold = threshold_for_far(authentic, target_far)
-    calibration = CalibrationConfig(
-        threshold=threshold, target_far=target_far,
-        far=float(np.mean(np.asarray(authentic) >= threshold)),
-        tpr=float(np.mean(np.asarray(tampered) >= threshold)) if tampered else math.nan,
-        n_authentic=len(authentic), n_tampered=len(tampered), data=data,
-        sampling=tuple(sorted(dataclasses.asdict(pipeline.sampling).items())), gate=gate,
-    )
-    return calibration, report
+    return np.asarray(authentic, np.float64), np.asarray(tampered, np.float64)
 
 
 def write_calibrated(source: str | Path, calibration: CalibrationConfig, out_dir: str | Path) -> Path:

@@ -95,7 +95,8 @@ def run_settings(run: dict) -> list[tuple[str, str]]:
         lines.append(("Calibration", f"threshold {calibration.get('threshold')} for a false-alarm rate of "
                                      f"{_percent(calibration.get('target_far'))} (measured "
                                      f"{_percent(calibration.get('far'))}, detection rate "
-                                     f"{_percent(calibration.get('tpr'))}) on {calibration.get('data')}"))
+                                     f"{_percent(calibration.get('tpr'))}) on {calibration.get('data')}"
+                                     + (f", scored in {calibration['precision']}" if calibration.get("precision") else "")))
     lines += [
         ("Resolution", run.get("resolution")),
         ("Device", run.get("device")),
