@@ -149,6 +149,10 @@ def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_check
     run = CliRunner().invoke(app, ["localize", str(data / "Au"), str(data / "Tp"), "-c", str(calibrated), "-o",
                                    str(out), "--precision", "fp32", *FAST])  # as calibrated
     assert run.exit_code == 0, run.output
+    assert "calibrated in" not in run.output
+    other = CliRunner().invoke(app, ["localize", str(data / "Au" / "a0.png"), "-c", str(calibrated), "-o",
+                                     str(tmp_path / "bf16"), "--precision", "bf16", *FAST])
+    assert other.exit_code == 0 and "calibrated in fp32, not bf16" in " ".join(other.output.split()), other.output
     entries = json.loads((out / "results.json").read_text())["images"]
     for entry in entries:
         assert 0 <= entry["detection_score"] <= 1

@@ -41,7 +41,7 @@ def calibrate(
     (name, (spec, pairs)), = load_datasets([data]).items()
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed)
     pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,
-                               sampling=sampling, batch_size=batch_size, gate=False)
+                               sampling=sampling, batch_size=batch_size, gate=False, calibrating=True)
                  for each in dict.fromkeys(precision.split(",")))  # one model loaded at a time
     calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
     write_calibrated(checkpoint or default_checkpoint(), calibration, out)

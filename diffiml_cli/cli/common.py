@@ -76,13 +76,27 @@ def precision_of(precision: str, fp16: bool) -> str:
 
 
 def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAULT_PRECISION, fp16: bool = False,
-                  allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, **options: Any
-                  ) -> LocalizationPipeline:
+                  allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, calibrating: bool = False,
+                  **options: Any) -> LocalizationPipeline:
     """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU)."""
     pipeline = load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
                               allow_pickle=allow_pickle, sampling=sampling, **options)
     warn_if_emulated(pipeline.predictor.precision, pipeline.predictor.device)
+    if not calibrating:
+        warn_if_uncalibrated_precision(pipeline)
     return pipeline
+
+
+def warn_if_uncalibrated_precision(pipeline: LocalizationPipeline) -> None:
+    """One line on stderr when the verdict's threshold was calibrated in other precisions than this run's (fp16 on
+    a GPU, say): its false-alarm rate was then not measured for these scores."""
+    calibration = pipeline.config.calibration
+    if calibration is None or not calibration.precision:
+        return  # no verdict, or a calibration from before precisions were recorded
+    if pipeline.predictor.precision not in calibration.precision.split(","):
+        stderr.print(f"[yellow]warning:[/] the verdict's threshold was calibrated in {calibration.precision}, not "
+                     f"{pipeline.predictor.precision}; its false-alarm rate is not measured for this precision "
+                     "(diffiml calibrate --precision)")
 
 
 def warn_if_emulated(precision: str, device: Any) -> None:

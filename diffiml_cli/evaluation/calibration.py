@@ -53,7 +53,8 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
         if precision in reports:
             continue  # "auto" may resolve to a precision also listed by name
         if sampling not in (None, pipeline.sampling):
-            raise DiffimlError(f"calibrate: every pipeline must sample alike (got {pipeline.sampling} after {sampling})")
+            raise DiffimlError(f"calibrate: every pipeline must sample alike (got {pipeline.sampling} after "
+                               f"{sampling})")
         sampling = pipeline.sampling
         gate_before, pipeline.gate = pipeline.gate, False  # scored ungated: the threshold is what is being chosen
         try:
