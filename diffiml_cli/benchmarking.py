@@ -272,26 +272,35 @@ def run_benchmark(
     settings = []
     for precision in precisions:
         predictor = Predictor(localizer, config.diffusion, device=device, precision=precision, compile=compile)
-        pipeline = LocalizationPipeline(predictor, config, tile=0)
-        for N in ensembles:
-            for batch_size in batch_sizes:
-                progress(f"timing {predictor.precision}, N={N}, batch {batch_size}: {warmup} warmup + {iters} timed calls")
-                timing = time_predict(pipeline, options[N], image_size=image_size, batch_size=batch_size,
-                                      warmup=warmup, iters=iters)
-                settings.append({"precision": predictor.precision, "ensemble": N, "batch_size": batch_size,
-                                 "flops": flops[N], "timing": timing, "speedup_vs_fp32": None})
+        settings += _time_precision(LocalizationPipeline(predictor, config, tile=0), options, batch_sizes, flops,
+                                    warmup=warmup, iters=iters, progress=progress)
     _speedups(settings)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": {"source": source, "random_init": random_init, "image_size": image_size,
                   "config": dataclasses.asdict(config)},
-        "device": describe_device(device, [row["precision"] for row in settings[:: len(ensembles) * len(batch_sizes)]],
+        "device": describe_device(device, [row["precision"] for row in settings[:: len(options) * len(batch_sizes)]],
                                   compile),
         "sampling": {"steps": steps, "tta": tta, "seed": seed},
         "parameters": parameters,
         "settings": settings,
         "vae_comparison": vae_comparison,
     }
+
+
+def _time_precision(pipeline: LocalizationPipeline, options: dict[int, SamplingOptions], batch_sizes: Sequence[int],
+                    flops: dict[int, Any], *, warmup: int, iters: int, progress: Callable[[str], None]) -> list[dict]:
+    """One settings row per (ensemble size, batch size) for `pipeline`'s precision, at `config.image_size`."""
+    rows = []
+    precision, image_size = pipeline.predictor.precision, pipeline.config.image_size
+    for N, sampling in options.items():
+        for batch_size in batch_sizes:
+            progress(f"timing {precision}, N={N}, batch {batch_size}: {warmup} warmup + {iters} timed calls")
+            timing = time_predict(pipeline, sampling, image_size=image_size, batch_size=batch_size, warmup=warmup,
+                                  iters=iters)
+            rows.append({"precision": precision, "ensemble": N, "batch_size": batch_size, "flops": flops[N],
+                         "timing": timing, "speedup_vs_fp32": None})
+    return rows
 
 
 def _speedups(settings: list[dict]) -> None:
