@@ -3,9 +3,9 @@
 glibc's malloc serves every block above a threshold (128 KiB, rising to at most 32 MiB) with its own mmap and
 unmaps it on free. Inference allocates tensors of tens of MB per layer and per image (the members' decode of a
 512² image holds 5 x 32 x 512 x 512 floats), so every image pays the kernel to map, zero and fault in those
-pages again. On the 2-core virtual machines this project is measured on (README *Speed*), that was a quarter of
-the time per image at the defaults: 0.46 s against 0.34 s with `keep_freed_memory()` (API, 10 Kodak crops, bf16,
-2 steps, N = 5); raising only the mmap threshold to its 32 MiB ceiling gave 0.37 s.
+pages again. On the 2-core virtual machines this project is measured on (README *Speed*), `diffiml localize` at
+the defaults took 0.39-0.43 s per 512² image with `keep_freed_memory()` against 0.65-0.76 s without (paired
+runs); raising only glibc's mmap threshold to its 32 MiB ceiling recovered less of it.
 
 `keep_freed_memory()` turns glibc's mmap path off and stops it from trimming the heap, so freed blocks are
 reused. The cost: the process keeps its peak heap until it exits (its peak does not grow). The `diffiml`
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -27,6 +28,14 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # bytes, the largest int mallopt takes: in effect never give the heap's top back
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc >= 2.33)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
@@ -56,11 +65,5 @@ def mmapped_blocks() -> int | None:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                     "fordblks", "keepcost")]
-
-    libc.mallinfo2.restype = MallInfo2
+    libc.mallinfo2.restype = _MallInfo2
     return int(libc.mallinfo2().hblks)

@@ -269,9 +269,10 @@ def run_benchmark(
     parameters = count_parameters(localizer)  # the checkpoint's, before the folding below changes them
     fold_batchnorm(localizer.eval())  # in place, as `load_localizer` runs it
     flops = {N: count_pipeline_flops(localizer.to(device), image_size, steps, N, tta) for N in ensembles}
-    settings = []
+    settings, resolved = [], []  # resolved: each precision as the Predictor resolved it (auto -> bf16, ...)
     for precision in precisions:
         predictor = Predictor(localizer, config.diffusion, device=device, precision=precision, compile=compile)
+        resolved.append(predictor.precision)
         settings += _time_precision(LocalizationPipeline(predictor, config, tile=0), options, batch_sizes, flops,
                                     warmup=warmup, iters=iters, progress=progress)
     _speedups(settings)
@@ -279,8 +280,7 @@ def run_benchmark(
         "schema_version": SCHEMA_VERSION,
         "model": {"source": source, "random_init": random_init, "image_size": image_size,
                   "config": dataclasses.asdict(config)},
-        "device": describe_device(device, [row["precision"] for row in settings[:: len(options) * len(batch_sizes)]],
-                                  compile),
+        "device": describe_device(device, resolved, compile),
         "sampling": {"steps": steps, "tta": tta, "seed": seed},
         "parameters": parameters,
         "settings": settings,

@@ -81,8 +81,8 @@ _register()
 
 
 def main() -> None:
-    """Console entry point. Freed memory is kept for reuse first (diffiml_cli/allocator.py: a quarter of
-    the time per image on the machines of README *Speed*)."""
+    """Console entry point. Freed memory is kept for reuse first (diffiml_cli/allocator.py: about half
+    the time per image at the defaults on the machines of README *Speed*)."""
     from diffiml_cli.allocator import keep_freed_memory
 
     keep_freed_memory()
