@@ -7,8 +7,8 @@ the maps back are timed too). FLOPs follow torch's counter: a multiply-add is 2 
 GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among them) call "FLOPs".
 
 Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DDIM steps, `Predictor.predict`
-runs the condition encoder V times, the denoiser T * N * V times (one batch, counted per member), and the
-mask VAE decoder V * (1 + N) times (the ensemble-mean latent, plus each member for the uncertainty map).
+runs the condition encoder V times, the condition's share of the denoiser's fuse conv V times, the rest of the
+denoiser T * N * V times (one batch, counted per member), and the mask VAE decoder V * (1 + N) times (the ensemble-mean latent, plus each member for the uncertainty map).
 A discriminative checkpoint runs the encoder and its segmentation head V times, and nothing else.
 The copy-move cue (`models/copy_move_cue.py`), when a checkpoint has it, runs OpenCV SIFT inside the
 encoder; that is not a torch operator, so its work is in the timings but not in the FLOPs.
@@ -16,7 +16,7 @@ encoder; that is not a torch operator, so its work is in the timings but not in 
 Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in milliseconds):
 
     {
-      "schema_version": 1,
+      "schema_version": 3,
       "model": {"source": str, "random_init": bool, "image_size": int, "config": {...ModelConfig...}},
       "device": {"type": "cpu" | "cuda", "name": str, "precisions": [str], "compile": bool, "cpu_threads": int,
                  "torch": str, "native_bf16": bool},
@@ -28,9 +28,10 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
           "speedup_vs_fp32": float | null,         # fp32's median ms / this row's, when fp32 was measured too
           "flops": {                               # `count_pipeline_flops`
             "image_size": int, "steps": int, "ensemble": int, "tta": bool, "views": int,
-            "calls_per_image": {"encoder": int, "head": int, "denoiser": int, "vae_decode": int},
+            "calls_per_image": {"encoder": int, "head": int, "condition_term": int, "denoiser": int,
+                                "vae_decode": int, "detector": int},
             "flops": {PART: int}, "gflops": {PART: float}, "gmacs": {PART: float},
-          },                          # PART: total, encoder, head, denoiser, denoiser_per_step, vae_decode, detector
+          },          # PART: total, encoder, head, denoiser, denoiser_per_step, condition_term, vae_decode, detector
           "timing": {                              # `time_predict`
             "warmup": int, "iters": int, "timer": "cuda_events" | "perf_counter",
             "batch_ms": [float, ...],              # every timed call, in order
@@ -42,8 +43,9 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
     }
     STATS = {"median": float, "q25": float, "q75": float, "min": float, "max": float}
 
-`denoiser_per_step` is one denoiser call for one member and one view (the paper's "per step" cost);
-`denoiser` is all T * N * V of them. `total` = encoder + head + denoiser + vae_decode; `head` (the
+`denoiser_per_step` is one denoiser call for one member and one view as `predict` runs it (`Denoiser.denoise`);
+`condition_term` is the condition's share of its fuse conv (`Denoiser.condition_term`), which `predict` computes
+once per view; the paper's "per step" cost is their sum. `denoiser` is T * N * V steps plus V terms. `total` = encoder + head + denoiser + vae_decode; `head` (the
 discriminative baseline's) is 0 for a diffusion model, and `denoiser` and `vae_decode` are 0 for a discriminative one.
 """
 
@@ -70,8 +72,8 @@ from diffiml_cli.pipeline import LocalizationPipeline
 from diffiml_cli.timing import summarize, time_call_ms
 from diffiml_cli.vae_comparison import compare_vae
 
-SCHEMA_VERSION = 2
-FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "vae_decode", "detector")
+SCHEMA_VERSION = 3  # 3: the condition_term part; denoiser_per_step without it
+FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "condition_term", "vae_decode", "detector")
 
 NATIVE_BENCHMARK_SIZE = 512  # a native model's image_size is only its training window
 
@@ -131,17 +133,19 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
     localizer.eval()
     encoder = count_flops(run_encoder).flops
     condition = outputs["condition"]
-    head = denoiser_step = vae_decode = 0
+    head = denoiser_step = term = vae_decode = 0
     if isinstance(localizer, DiscriminativeLocalizer):
         head = count_flops(lambda: localizer(image)).flops - encoder  # the head plus its upsampling
-        calls = {"encoder": views, "head": views, "denoiser": 0, "vae_decode": 0}
+        calls = {"encoder": views, "head": views, "condition_term": 0, "denoiser": 0, "vae_decode": 0}
     else:
         latent_size = image_size // localizer.vae.downsample_factor
         x_t = torch.randn(1, localizer.denoiser.config.latent_channels, latent_size, latent_size, device=device)
         t = torch.tensor([999], device=device)
-        denoiser_step = count_flops(lambda: localizer.denoiser(x_t, t, condition)).flops
+        term = count_flops(lambda: outputs.update(term=localizer.denoiser.condition_term(condition))).flops
+        denoiser_step = count_flops(lambda: localizer.denoiser.denoise(x_t, t, outputs["term"])).flops
         vae_decode = count_flops(lambda: localizer.decode_mask(x_t)).flops
-        calls = {"encoder": views, "head": 0, "denoiser": steps * ensemble * views, "vae_decode": views * (1 + ensemble)}
+        calls = {"encoder": views, "head": 0, "condition_term": views, "denoiser": steps * ensemble * views,
+                 "vae_decode": views * (1 + ensemble)}
     detector = 0
     if localizer.detector is not None:  # once per image, on the merged views
         cells = torch.rand(1, CELL_CHANNELS, *condition.shape[-2:], device=device)
@@ -150,8 +154,9 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
     flops = {
         "encoder": encoder * calls["encoder"],
         "head": head * calls["head"],
-        "denoiser": denoiser_step * calls["denoiser"],
+        "denoiser": denoiser_step * calls["denoiser"] + term * calls["condition_term"],
         "denoiser_per_step": denoiser_step,
+        "condition_term": term,
         "vae_decode": vae_decode * calls["vae_decode"],
         "detector": detector,
     }

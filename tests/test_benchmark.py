@@ -42,7 +42,7 @@ def test_cli_json_schema():
     data = json.loads(result.stdout)  # stdout holds the JSON and nothing else
 
     assert set(data) == {"schema_version", "model", "device", "sampling", "parameters", "settings", "vae_comparison"}
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data["model"]["source"] == "preset:test" and data["model"]["random_init"] is True
     assert data["model"]["image_size"] == 64 and data["model"]["config"]["image_size"] == 64
     assert data["device"]["type"] == "cpu" and data["device"]["precisions"] == ["fp32"] and data["device"]["compile"] is False
@@ -90,10 +90,12 @@ def test_ensemble_and_tta_scale_the_parts_as_predict_calls_them(test_localizer):
 
     assert five["encoder"] == one["encoder"]  # the encoder runs once per view, whatever N
     assert five["denoiser_per_step"] == one["denoiser_per_step"]
-    assert one["denoiser"] == 3 * one["denoiser_per_step"]
-    assert five["denoiser"] == 5 * one["denoiser"]
+    assert five["condition_term"] == one["condition_term"] > 0  # once per view, not per member or step
+    assert one["denoiser"] == 3 * one["denoiser_per_step"] + one["condition_term"]
+    assert five["denoiser"] == 15 * one["denoiser_per_step"] + one["condition_term"]
     assert five["vae_decode"] == 3 * one["vae_decode"]  # (1 + 5) decodes against (1 + 1)
     assert all(five_tta[part] == 2 * five[part] for part in ("total", "encoder", "denoiser", "vae_decode"))
+    assert five_tta["condition_term"] == five["condition_term"]  # the per-view cost; `denoiser` doubles with it
     for counts in (one, five, five_tta):
         assert counts["total"] == counts["encoder"] + counts["denoiser"] + counts["vae_decode"]
 

@@ -153,6 +153,12 @@ def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_check
     other = CliRunner().invoke(app, ["localize", str(data / "Au" / "a0.png"), "-c", str(calibrated), "-o",
                                      str(tmp_path / "bf16"), "--precision", "bf16", *FAST])
     assert other.exit_code == 0 and "calibrated in fp32, not bf16" in " ".join(other.output.split()), other.output
+    assert "calibrated at" not in run.output + other.output  # both sample as calibrated
+    steps = CliRunner().invoke(app, ["localize", str(data / "Au" / "a0.png"), "-c", str(calibrated), "-o",
+                                     str(tmp_path / "steps"), "--precision", "fp32", "--steps", "2",
+                                     "--ensemble", "1", "--seed", "4", "--device", "cpu"])
+    assert steps.exit_code == 0, steps.output
+    assert "calibrated at steps 1, not steps 2;" in " ".join(steps.output.split())  # the seed does not count
     entries = json.loads((out / "results.json").read_text())["images"]
     for entry in entries:
         assert 0 <= entry["detection_score"] <= 1

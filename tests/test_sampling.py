@@ -8,6 +8,7 @@ from diffiml_cli.config import DiffusionConfig
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, ddim_sample, make_scheduler, sampling_timesteps
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.build import load_model
+from diffiml_cli.models.mask_vae import decoded_to_probability
 
 
 def test_ddim_grid_for_8_steps_is_the_reference_leading_grid():
@@ -90,3 +91,23 @@ def test_condition_encoder_runs_once_per_view(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(encoder, "forward", lambda x: calls.append(x.shape[0]) or original(x))
     predictor.predict(torch.rand(3, 3, 64, 64), SamplingOptions(steps=8, ensemble=5, tta=True))
     assert calls == [6]  # 3 images x 2 views, one call, whatever the steps and ensemble size
+
+
+def test_condition_term_once_per_view_gives_the_masks_of_the_full_denoiser_at_every_call(tiny_checkpoint):
+    """The predictor computes the condition's share of the denoiser once per view and repeats it to the members;
+    sampling with the whole denoiser and the repeated condition at every call must give the same maps."""
+    predictor = _predictor(tiny_checkpoint)
+    denoiser = predictor.localizer.denoiser
+    assert denoiser.condition_fuse.weight.abs().sum() > 0
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    options = SamplingOptions(steps=3, ensemble=3, tta=True, seed=5)
+    with torch.no_grad():
+        views = torch.cat([images, images.flip(-1)])
+        condition = predictor.localizer.encoder(views).repeat_interleave(3, dim=0)
+        x_T = predictor._initial_noise(4, 3, condition.shape[-2:], options.seed)
+        z0 = ddim_sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, predictor.scheduler, options.steps)
+        mean = predictor.localizer.decode_mask(z0.unflatten(0, (4, 3)).mean(dim=1))
+        expected = decoded_to_probability(mean)
+    expected = torch.maximum(expected[:2], expected[2:].flip(-1))
+    got = predictor.predict(images, options).probability
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

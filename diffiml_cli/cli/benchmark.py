@@ -131,7 +131,8 @@ def _render(result: dict[str, Any], console: Console) -> None:
             f"{_g(millions['total'])}\n{parts}",
             f"{_g(gflops['total'])}\n({_g(flops['gmacs']['total'])})",
             _g(gflops["encoder"]) + (f" + {_g(gflops['head'])}" if gflops["head"] else ""),
-            f"{_g(gflops['denoiser'])}\n{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}",
+            f"{_g(gflops['denoiser'])}\n{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}"
+            + (f" + {_g(gflops['condition_term'])} × {flops['views']}" if gflops["condition_term"] else ""),
             _g(gflops["vae_decode"]),
             _stats(timing["ms_per_image"]),
             _stats(timing["images_per_second"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -84,7 +85,24 @@ def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAU
     warn_if_emulated(pipeline.predictor.precision, pipeline.predictor.device)
     if not calibrating:
         warn_if_uncalibrated_precision(pipeline)
+        warn_if_uncalibrated_sampling(pipeline)
     return pipeline
+
+
+def warn_if_uncalibrated_sampling(pipeline: LocalizationPipeline) -> None:
+    """One line on stderr when the run samples with other steps, N or TTA than the threshold was calibrated at:
+    the detection scores' distribution moves with them (the seed does not count), so its false-alarm rate was not
+    measured there."""
+    calibration = pipeline.config.calibration
+    if calibration is None or not calibration.sampling:
+        return
+    calibrated, run = dict(calibration.sampling), dataclasses.asdict(pipeline.sampling)
+    differ = [name for name in ("steps", "ensemble", "tta") if name in calibrated and calibrated[name] != run[name]]
+    if differ:
+        at = ", ".join(f"{name} {calibrated[name]}" for name in differ)
+        now = ", ".join(f"{name} {run[name]}" for name in differ)
+        stderr.print(f"[yellow]warning:[/] the verdict's threshold was calibrated at {at}, not {now}; its "
+                     "false-alarm rate is not measured for this sampling (diffiml calibrate --steps --ensemble)")
 
 
 def warn_if_uncalibrated_precision(pipeline: LocalizationPipeline) -> None:

@@ -4,11 +4,16 @@ The reference concatenates the image condition after `conv_in` and fuses it back
 width with a 3x3 conv. diffusers' UNet2DModel has no hook between `conv_in` and the down blocks, so
 `forward` below re-states UNet2DModel's forward (time embedding, down, mid, up, out) around that one
 insertion, reusing every block from diffusers unchanged.
+
+That fuse conv is linear in its concatenated input, so it splits into a term of the sample and a term of the
+condition. The condition's term does not change with the step or the ensemble member, so inference computes it
+once per image (`condition_term`) and runs `denoise` at every step; `forward` is the two together.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DModel
 from torch import nn
 
@@ -44,13 +49,24 @@ class Denoiser(nn.Module):
         width = config.block_out_channels[0]
         self.condition_fuse = nn.Conv2d(width + config.condition_channels, width, 3, padding=1)
 
+    def condition_term(self, condition: torch.Tensor) -> torch.Tensor:
+        """condition (B, C, h, w) -> (B, W, h, w), W the first block's width: the condition's share of
+        `condition_fuse`, bias included. One per image and view; `repeat_interleave` it to the members."""
+        fuse, width = self.condition_fuse, self.config.block_out_channels[0]
+        return F.conv2d(condition, fuse.weight[:, width:], fuse.bias, padding=1)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        unet = self.unet
+        return self.denoise(x_t, t, self.condition_term(condition.to(x_t.dtype)))
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition_term: torch.Tensor) -> torch.Tensor:
+        """`forward` with the condition's term precomputed (B, W, h, w) -> x0_pred (B, 8, h, w); equal to
+        `forward` up to float rounding (the fuse conv's two halves are summed after, not inside, the conv)."""
+        unet, fuse, width = self.unet, self.condition_fuse, self.config.block_out_channels[0]
         t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
         emb = unet.time_embedding(unet.time_proj(t).to(dtype=x_t.dtype))
 
         sample = unet.conv_in(x_t)
-        sample = self.condition_fuse(torch.cat([sample, condition.to(sample.dtype)], dim=1))
+        sample = F.conv2d(sample, fuse.weight[:, :width], None, padding=1) + condition_term
 
         skips = (sample,)
         for down_block in unet.down_blocks:
