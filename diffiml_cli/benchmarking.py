@@ -7,8 +7,9 @@ the maps back are timed too). FLOPs follow torch's counter: a multiply-add is 2 
 GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among them) call "FLOPs".
 
 Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DDIM steps, `Predictor.predict`
-runs the condition encoder V times, the condition's share of the denoiser's fuse conv V times, the rest of the
-denoiser T * N * V times (one batch, counted per member), and the mask VAE decoder V * (1 + N) times (the ensemble-mean latent, plus each member for the uncertainty map).
+runs the condition encoder V times, the condition's share of the denoiser's fuse conv V times, the rest of
+the denoiser T * N * V times (one batch, counted per member), and the mask VAE decoder V * (1 + N) times (the
+ensemble-mean latent, plus each member for the uncertainty map).
 A discriminative checkpoint runs the encoder and its segmentation head V times, and nothing else.
 The copy-move cue (`models/copy_move_cue.py`), when a checkpoint has it, runs OpenCV SIFT inside the
 encoder; that is not a torch operator, so its work is in the timings but not in the FLOPs.
@@ -45,8 +46,9 @@ Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in
 
 `denoiser_per_step` is one denoiser call for one member and one view as `predict` runs it (`Denoiser.denoise`);
 `condition_term` is the condition's share of its fuse conv (`Denoiser.condition_term`), which `predict` computes
-once per view; the paper's "per step" cost is their sum. `denoiser` is T * N * V steps plus V terms. `total` = encoder + head + denoiser + vae_decode; `head` (the
-discriminative baseline's) is 0 for a diffusion model, and `denoiser` and `vae_decode` are 0 for a discriminative one.
+once per view; the paper's "per step" cost is their sum. `denoiser` is T * N * V steps plus V terms.
+`total` = encoder + head + denoiser + vae_decode + detector; `head` (the discriminative baseline's) is 0 for a
+diffusion model, and `denoiser` and `vae_decode` are 0 for a discriminative one.
 """
 
 from __future__ import annotations

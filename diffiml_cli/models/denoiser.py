@@ -59,8 +59,9 @@ class Denoiser(nn.Module):
         return self.denoise(x_t, t, self.condition_term(condition.to(x_t.dtype)))
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, condition_term: torch.Tensor) -> torch.Tensor:
-        """`forward` with the condition's term precomputed (B, W, h, w) -> x0_pred (B, 8, h, w); equal to
-        `forward` up to float rounding (the fuse conv's two halves are summed after, not inside, the conv)."""
+        """`forward` with the condition's term precomputed: (x_t (B, 8, h, w), t (B,) or (1,), condition_term
+        (B, W, h, w)) -> x0_pred (B, 8, h, w). Equal to one conv over the concatenation up to float rounding: the
+        two halves are summed after their convs, not inside one."""
         unet, fuse, width = self.unet, self.condition_fuse, self.config.block_out_channels[0]
         t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
         emb = unet.time_embedding(unet.time_proj(t).to(dtype=x_t.dtype))
