@@ -68,7 +68,7 @@ from diffiml_cli.flops import count_flops
 from diffiml_cli.inference import Predictor, SamplingOptions, cpu_has_native_bf16
 from diffiml_cli.models.batchnorm_folding import fold_batchnorm
 from diffiml_cli.models.build import AnyLocalizer
-from diffiml_cli.models.detector import CELL_CHANNELS
+from diffiml_cli.models.detector import cell_channels
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 from diffiml_cli.pipeline import LocalizationPipeline
 from diffiml_cli.timing import summarize, time_call_ms
@@ -150,7 +150,7 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
                  "vae_decode": views * (1 + ensemble)}
     detector = 0
     if localizer.detector is not None:  # once per image, on the merged views
-        cells = torch.rand(1, CELL_CHANNELS, *condition.shape[-2:], device=device)
+        cells = torch.rand(1, cell_channels(localizer.detector.config), *condition.shape[-2:], device=device)
         detector = count_flops(lambda: localizer.detector.score(localizer.detector(condition, cells), cells)).flops
     calls["detector"] = int(localizer.detector is not None)
     flops = {

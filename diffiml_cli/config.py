@@ -110,6 +110,8 @@ class DetectorConfig:
     hidden_channels: int = 64
     # The evidence map is pooled as the mean of its highest cells: a small edit lights up few cells.
     top_fractions: tuple[float, ...] = (0.01, 0.1)
+    # Also read the image's JPEG block-grid channels (`models/block_grid.py`); off in detectors older than them.
+    grid_features: bool = False
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ class Predictor:
             condition = 0.5 * (condition[:B] + condition[B:].flip(-1))
         evidence = cells = detection = None
         if self.localizer.detector is not None:
-            cells = cell_maps(probability, uncertainty)
+            cells = cell_maps(probability, uncertainty, self._grid_images(images))
             evidence = self.localizer.detector(condition.float(), cells).float()
             detection = torch.sigmoid(self.localizer.detector.score(evidence, cells)).cpu()
             evidence, cells = evidence.cpu(), cells.cpu()
@@ -235,7 +235,7 @@ class Predictor:
     @torch.inference_mode()
     def condition_and_cells(self, images: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
         """What the detector reads, without it: images (B, 3, H, W) in [0, 1] -> (condition (B, C, H/8, W/8),
-        cells (B, 4, H/8, W/8)), as `predict` computes them, as ordinary tensors on the CPU."""
+        cells (B, K, H/8, W/8)), as `predict` computes them, as ordinary tensors on the CPU."""
         images = images.to(self.device).contiguous(memory_format=self.memory_format)
         with self._autocast():
             condition = self.localizer.encoder(images)
@@ -244,9 +244,14 @@ class Predictor:
                 uncertainty = torch.zeros_like(probability)
         if not self.discriminative:
             probability, uncertainty = self._sample(condition, options)
-        cells = cell_maps(probability, uncertainty)
+        cells = cell_maps(probability, uncertainty, self._grid_images(images))
         with torch.inference_mode(False):
             return condition.float().cpu().clone(), cells.cpu().clone()
+
+    def _grid_images(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The images (B, 3, H, W) when the detector reads their block grid (`models/block_grid.py`), else None."""
+        detector = self.localizer.detector
+        return images if detector is not None and detector.config.grid_features else None
 
     def detect(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The detection score (B,) in [0, 1] of maps cropped to the image (or stitched from its tiles)."""

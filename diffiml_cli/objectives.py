@@ -70,7 +70,7 @@ class LocalizerOutputs:
     """What a frozen localizer makes of each training item, computed once and kept: the condition (fp16) and
     the detector's cell maps, for training the detector alone (`Trainer` with train_part "detector").
 
-    Memory: about (C + 4) x h x w x 2 bytes per item (0.4 MB for a 320^2 window), for every item of the data.
+    Memory: about (C + K) x h x w x 2 bytes per item (0.4 MB for a 320^2 window), for every item of the data.
     """
 
     def __init__(self, predictor, sampling) -> None:
@@ -78,7 +78,7 @@ class LocalizerOutputs:
         self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, indices: list[int], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices: B item numbers; images (B, 3, H, W) in [0, 1] -> (condition (B, C, h, w), cells (B, 4, h, w))."""
+        """indices: B item numbers; images (B, 3, H, W) in [0, 1] -> (condition (B, C, h, w), cells (B, K, h, w))."""
         missing = [row for row, index in enumerate(indices) if index not in self._memo]
         if missing:
             condition, cells = self.predictor.condition_and_cells(images[missing], self.sampling)

@@ -28,7 +28,8 @@ from diffiml_cli.training import TRAIN_STATE_NAME, TrainOptions, Trainer
 class ModelRecipe:
     """Which network to train. `init`: continue a localizer checkpoint (its config and VAE come with it);
     otherwise `preset` with `kind`, `edge`, `image_size`, `resolution` and the mask VAE `vae` (default: the
-    shipped LightVAE). `copy_move_cue` None keeps the preset's or checkpoint's; `detector` adds one."""
+    shipped LightVAE). `copy_move_cue` None keeps the preset's or checkpoint's; `detector` adds one
+    (`detector_grid`: one that reads the block grid)."""
 
     preset: str = "tiny"
     kind: str | None = None  # "diffusion" (default) or "discriminative"
@@ -39,6 +40,7 @@ class ModelRecipe:
     init: str | None = None
     copy_move_cue: bool | None = None
     detector: bool = False
+    detector_grid: bool = False  # the detector also reads the JPEG block grid (`models/block_grid.py`)
     backbone_weights: str | None = None
 
 
@@ -103,7 +105,10 @@ def build_model(recipe: ModelRecipe) -> tuple[AnyLocalizer, ModelConfig]:
     if recipe.copy_move_cue is not None:
         localizer, config = with_copy_move_cue(localizer, config, recipe.copy_move_cue)
     if recipe.detector:
-        localizer, config = with_detector(localizer, config, config.detector or DetectorConfig())
+        detector = config.detector or DetectorConfig()
+        if recipe.detector_grid != detector.grid_features:  # another input: a fresh detector
+            detector = dataclasses.replace(DetectorConfig(), grid_features=recipe.detector_grid)
+        localizer, config = with_detector(localizer, config, detector)
     if recipe.backbone_weights:
         load_backbone_weights(localizer.encoder, recipe.backbone_weights)
     return localizer, config

@@ -42,6 +42,8 @@ def train(
                          "(pixel_f1_all counts an authentic image 1 when nothing is marked).")] = DEFAULT["select_by"],
     train_detector: Annotated[bool, typer.Option("--train-detector", help="Train only the image-level detector "
                               "(added when the model has none) on the frozen localizer's outputs.")] = False,
+    detector_grid: Annotated[bool, typer.Option("--detector-grid", help="With --train-detector: a fresh detector "
+                             "that also reads the image's JPEG block grid (replaces one that does not).")] = False,
     detector_steps: Annotated[int, typer.Option(help="With --train-detector: the DDIM steps of the localizer's "
                               "outputs (use localize's default).", min=1)] = DEFAULT["detector_sampling"].steps,
     detector_ensemble: Annotated[int, typer.Option(help="With --train-detector: their ensemble size N.", min=1)] = DEFAULT["detector_sampling"].ensemble,
@@ -84,7 +86,8 @@ def train(
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of `steps` and `epochs`")
     recipe = ModelRecipe(preset=preset, kind=model, edge=edge, image_size=image_size, resolution=resolution, vae=vae,
-                         init=init, copy_move_cue=copy_move_cue, detector=train_detector, backbone_weights=backbone_weights)
+                         init=init, copy_move_cue=copy_move_cue, detector=train_detector, detector_grid=detector_grid,
+                         backbone_weights=backbone_weights)
     sources = DataRecipe(
         data=tuple(data), synthetic_from=tuple(map(str, synthetic_from)), synthetic_kinds=parse_kinds(synthetic_kinds),
         other_camera_donors=other_camera_donors, val=val, authentic_share=authentic_share,

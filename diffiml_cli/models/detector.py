@@ -6,7 +6,9 @@ unsure of. Like TruFor's detector, which reads its localization and confidence m
 localizer produced, and also the condition it produced it from:
 
 - per latent cell (1/8 of the input): the condition (B, C, h, w), and four cell statistics of the full-size
-  maps (`cell_maps`: mean and max probability, share of pixels at probability >= 0.5, mean ensemble spread);
+  maps (`cell_maps`: mean and max probability, share of pixels at probability >= 0.5, mean ensemble spread),
+  and, in detectors trained with them (`grid_features`), three JPEG block-grid channels of the image itself
+  (`block_grid.py`): where the photo's 8x8 compression grid holds, and where another grid or none replaces it;
 - a small convolutional head turns them into an evidence logit per cell (trained to find the edit, with the
   mask's share of each cell as its target);
 - the evidence is pooled over the whole image (mean of its top 1 % and top 10 % of cells, and its mean), beside
@@ -30,22 +32,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffiml_cli.config import DetectorConfig
+from diffiml_cli.models.block_grid import GRID_CHANNELS, grid_cells
 
 CELL_CHANNELS = 4  # mean probability, max probability, marked share, mean uncertainty
 MARK_THRESHOLD = 0.5  # the marked share the detector reads is at the default pixel threshold, whatever the user's
 LOGIT_FLOOR = 1e-4  # probabilities and shares are clamped to [1e-4, 1 - 1e-4] before the logit: about +-9.2
 
 
-def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, cell: int = 8) -> torch.Tensor:
+def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, images: torch.Tensor | None = None,
+              cell: int = 8) -> torch.Tensor:
     """probability, uncertainty: (B, 1, H, W) float, H and W multiples of `cell` -> (B, 4, H/cell, W/cell):
-    mean probability, max probability, share of pixels >= 0.5, and mean uncertainty of each cell."""
+    mean probability, max probability, share of pixels >= 0.5, and mean uncertainty of each cell; with
+    `images` (B, 3, H, W) in [0, 1] (a detector with `grid_features`), its 3 block-grid channels follow:
+    (B, 7, H/cell, W/cell)."""
     probability, uncertainty = probability.float(), uncertainty.float()
-    return torch.cat([
+    maps = [
         F.avg_pool2d(probability, cell),
         F.max_pool2d(probability, cell),
         F.avg_pool2d((probability >= MARK_THRESHOLD).float(), cell),
         F.avg_pool2d(uncertainty, cell),
-    ], dim=1)
+    ]
+    if images is not None:
+        maps.append(grid_cells(images).to(maps[0].device))
+    return torch.cat(maps, dim=1)
+
+
+def cell_channels(config: DetectorConfig) -> int:
+    """How many cell channels a detector of `config` reads: 4, or 7 with the block-grid channels."""
+    return CELL_CHANNELS + (GRID_CHANNELS if config.grid_features else 0)
 
 
 def _top_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -55,7 +69,7 @@ def _top_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 class Detector(nn.Module):
-    """(condition (B, C, h, w), cells (B, 4, h, w)) -> evidence logits (B, 1, h, w); then
+    """(condition (B, C, h, w), cells (B, K, h, w), K = `cell_channels`) -> evidence logits (B, 1, h, w); then
     `score(evidence, cells)` -> image logits (B,), whose sigmoid is the detection score."""
 
     def __init__(self, config: DetectorConfig, condition_channels: int) -> None:
@@ -63,7 +77,7 @@ class Detector(nn.Module):
         self.config = config
         width = config.hidden_channels
         self.local = nn.Sequential(
-            nn.Conv2d(condition_channels + CELL_CHANNELS, width, 1),
+            nn.Conv2d(condition_channels + cell_channels(config), width, 1),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, width // 2, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -81,7 +95,7 @@ class Detector(nn.Module):
         return self.local(torch.cat([condition, cells], dim=1))
 
     def pooled(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """evidence (B, 1, h, w), cells (B, 4, h, w), both over the image alone -> (B, F) pooled features:
+        """evidence (B, 1, h, w), cells (B, K, h, w), both over the image alone -> (B, F) pooled features:
         the evidence's top means and mean (logits), then the logits of the maximum probability, the mean
         probability and the marked share (each within about +-9.2)."""
         flat = evidence.float().flatten(1)
