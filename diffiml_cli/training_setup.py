@@ -107,7 +107,7 @@ def build_model(recipe: ModelRecipe) -> tuple[AnyLocalizer, ModelConfig]:
     if recipe.detector:
         detector = config.detector or DetectorConfig()
         if recipe.detector_grid != detector.grid_features:  # another input: a fresh detector
-            detector = dataclasses.replace(DetectorConfig(), grid_features=recipe.detector_grid)
+            detector = DetectorConfig(grid_features=recipe.detector_grid)
         localizer, config = with_detector(localizer, config, detector)
     if recipe.backbone_weights:
         load_backbone_weights(localizer.encoder, recipe.backbone_weights)

@@ -44,7 +44,7 @@ def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, images: torc
     """probability, uncertainty: (B, 1, H, W) float, H and W multiples of `cell` -> (B, 4, H/cell, W/cell):
     mean probability, max probability, share of pixels >= 0.5, and mean uncertainty of each cell; with
     `images` (B, 3, H, W) in [0, 1] (a detector with `grid_features`), its 3 block-grid channels follow:
-    (B, 7, H/cell, W/cell)."""
+    (B, 7, H/cell, W/cell). Those are per 8x8 JPEG block, so they need `cell` = 8, the latent cell."""
     probability, uncertainty = probability.float(), uncertainty.float()
     maps = [
         F.avg_pool2d(probability, cell),
