@@ -26,11 +26,12 @@ from torch import nn
 from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, atomic_write_bytes, remove_stale_temporaries
+from diffiml_cli.models.noiseprint import NoiseprintConfig
 
 FORMAT_VERSION = "1"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-MODEL_TYPES = {"localizer": ModelConfig, "mask_vae": MaskVAEConfig}
+MODEL_TYPES = {"localizer": ModelConfig, "mask_vae": MaskVAEConfig, "noiseprint": NoiseprintConfig}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
