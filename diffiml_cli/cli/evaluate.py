@@ -111,7 +111,7 @@ def _progress(show: bool) -> Progress:
 def _finish(report, out: Path, json_output: bool, threshold: float, run_info: dict) -> None:
     written = write_report(report, out, threshold=threshold, run_info=run_info)
     if json_output:
-        typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2))
+        typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2, allow_nan=False))
     else:
         print_metrics(report, threshold)
     stderr.print(f"wrote {markup_safe(', '.join(str(p) for p in written.values()))}", soft_wrap=True)
@@ -121,7 +121,7 @@ def _finish(report, out: Path, json_output: bool, threshold: float, run_info: di
 def _finish_sweep(document: dict, out: Path, json_output: bool, grid: SweepGrid) -> None:
     written = write_sweep(document, out)
     if json_output:
-        typer.echo(json.dumps(jsonable(document), indent=2))
+        typer.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))
     else:
         print_sweep(document, [name for name in document["cells"][0]["datasets"]], grid.seeds)
     stderr.print(f"wrote {markup_safe(', '.join(str(p) for p in written.values()))}", soft_wrap=True)

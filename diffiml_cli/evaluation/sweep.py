@@ -113,7 +113,7 @@ def write_sweep(document: dict, out_dir: Path) -> dict[str, Path]:
     """Write sweep.json and sweep.csv (one row per cell and dataset: mean, std, sem of each metric)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / SWEEP_JSON, "csv": out_dir / SWEEP_CSV}
-    atomic_write_bytes(paths["json"], (json.dumps(jsonable(document), indent=2) + "\n").encode())
+    atomic_write_bytes(paths["json"], (json.dumps(jsonable(document), indent=2, allow_nan=False) + "\n").encode())
     header = ["steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
     rows = [
         [cell["steps"], cell["ensemble"], name]

@@ -1,0 +1,53 @@
+"""Evidence integrity (#35): no NaN in any JSON the tool writes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from diffiml_cli.jsonsafe import finite_json
+
+NOT_FINITE = (math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf"))
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity, as JavaScript's JSON.parse, jq and RFC 8259 do."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_finite_json_turns_every_non_finite_number_into_null_and_keeps_the_rest():
+    document = {"a": list(NOT_FINITE), "b": (1, 2.5, np.float32(0.25), np.int64(7)), "c": {"d": [{"e": math.nan}]},
+                "f": "NaN", "g": True, "h": None, "i": 10 ** 30}
+    assert finite_json(document) == {"a": [None] * 5, "b": [1, 2.5, 0.25, 7], "c": {"d": [{"e": None}]}, "f": "NaN",
+                                     "g": True, "h": None, "i": 10 ** 30}
+    assert type(finite_json(np.int64(7))) is int and type(finite_json(np.float32(0.25))) is float
+
+
+def test_results_jsonl_and_results_json_never_hold_nan(tmp_path):
+    from diffiml_cli.batch.records import ImageResult, append_records, rebuild_results_json
+
+    append_records(tmp_path, [ImageResult("a.png", "ok", image_score=math.nan, detection_score=math.inf,
+                                          manipulated_fraction=-math.inf, timings={"predict_s": math.nan})])
+    [line] = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert strict_loads(line)["detection_score"] is None
+    rebuild_results_json(tmp_path, {"threshold": math.nan})
+    document = strict_loads((tmp_path / "results.json").read_text())
+    assert document["run"]["threshold"] is None and document["images"][0]["image_score"] is None
+
+    legacy = tmp_path / "legacy"  # an older diffiml's results.json, NaN and all: its records are copied over
+    legacy.mkdir()
+    (legacy / "results.json").write_text(json.dumps({"images": [{"image": "b.png", "status": "ok", "image_score": math.nan}]}))
+    rebuild_results_json(legacy, {})
+    strict_loads((legacy / "results.json").read_text())
+    assert [strict_loads(line) for line in (legacy / "results.jsonl").read_text().splitlines()][0]["image_score"] is None
+
+
+def test_evaluate_json_has_no_nan_even_from_numpy_scalars():
+    from diffiml_cli.evaluation.report import jsonable
+
+    assert jsonable({"auc": np.float32("nan"), "f1": np.float64(0.5), "n": [math.inf]}) == {"auc": None, "f1": 0.5,
+                                                                                        "n": [None]}
