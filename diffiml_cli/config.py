@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffiml_cli.diffusion.samplers import SamplerConfig
 from diffiml_cli.errors import DiffimlError
 
 
@@ -90,7 +91,11 @@ class DenoiserConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The DDPM training schedule and the DDIM sampler's settings (diffusers' defaults, as the reference)."""
+    """The DDPM training schedule and the checkpoint's sampler (diffusers' defaults, as the reference).
+
+    `sampler` on the grid of `timestep_spacing` (`diffusion/samplers.py`) is what inference runs unless a run asks
+    for another (`SamplingOptions.sampler`); checkpoints older than the `sampler` field are DDIM ones.
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
@@ -99,8 +104,17 @@ class DiffusionConfig:
     clip_sample: bool = True
     # SD-scaled latents live in about [-1, 1]; a VAE with another latent scale needs another range.
     clip_sample_range: float = 1.0
-    set_alpha_to_one: bool = True
-    timestep_spacing: str = "leading"  # 8 steps -> 875, 750, ..., 125, 0
+    set_alpha_to_one: bool = True  # DDIM's last step returns x0 itself
+    timestep_spacing: str = "leading"  # 8 steps -> 875, 750, ..., 125, 0; 2 steps -> 500, 0
+    sampler: str = "ddim"  # an algorithm of diffusion/samplers.py (ddim, dpmsolver++)
+
+    def __post_init__(self) -> None:
+        SamplerConfig(self.sampler, self.timestep_spacing)  # validates both
+
+    @property
+    def sampler_name(self) -> str:
+        """The checkpoint's sampler, "ALGORITHM-SPACING" (e.g. "ddim-leading")."""
+        return SamplerConfig(self.sampler, self.timestep_spacing).name
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,14 @@ class CalibrationConfig:
     rates: tuple[tuple[str, float, float], ...] = ()  # (precision, far, tpr) at the threshold, one per precision
     # Whether `localize` empties the mask of an image called authentic unless told otherwise (--gate/--no-gate).
     gate: bool = False
+
+    def sampled_with(self, diffusion: DiffusionConfig) -> dict[str, Any]:
+        """The sampling settings the threshold was calibrated at, by name ({} when not recorded). A calibration older
+        than the sampler setting sampled with the checkpoint's own sampler (`diffusion`'s), which it names then."""
+        sampling = dict(self.sampling)
+        if sampling:
+            sampling.setdefault("sampler", diffusion.sampler_name)
+        return sampling
 
 
 @dataclass(frozen=True)

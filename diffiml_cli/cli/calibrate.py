@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
-                                    EnsembleOption, SeedOption, StepsOption, open_pipeline, stderr)
+                                    EnsembleOption, SamplerOption, SeedOption, StepsOption, open_pipeline, stderr)
 from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.display import markup_safe
 from diffiml_cli.evaluation.calibration import calibrate as choose, write_calibrated
@@ -25,6 +25,7 @@ def calibrate(
                                               min=0.0, max=0.99)] = 0.05,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Whether localize empties the masks of images the "
                                        "verdict calls authentic, unless told otherwise.")] = False,
+    sampler: SamplerOption = SAMPLING.sampler,
     steps: StepsOption = SAMPLING.steps,
     ensemble: EnsembleOption = SAMPLING.ensemble,
     seed: SeedOption = SAMPLING.seed,
@@ -39,7 +40,7 @@ def calibrate(
     --target-far in every listed precision, and write the checkpoint with that threshold (and --gate) in its
     config; weights unchanged."""
     (name, (spec, pairs)), = load_datasets([data]).items()
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed, sampler=sampler)
     pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,
                                sampling=sampling, batch_size=batch_size, gate=False, calibrating=True)
                  for each in dict.fromkeys(precision.split(",")))  # one model loaded at a time

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
                                     DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SeedOption, StepsOption, ThresholdOption, TileOption,
+                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
                                     TileOverlapOption, TtaOption, open_pipeline, parse_int_list, stderr)
 from diffiml_cli.cli.display import markup_safe
 from diffiml_cli.cli.tables import evaluate_help, print_metrics, print_sweep
@@ -31,6 +31,7 @@ def evaluate(
     checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.json, metrics.csv, "
                                       "per_image.csv and robustness_<kind>.png.")] = Path("diffiml-eval"),
+    sampler: SamplerOption = SAMPLING.sampler,
     steps: StepsOption = SAMPLING.steps,
     ensemble: EnsembleOption = SAMPLING.ensemble,
     tta: TtaOption = SAMPLING.tta,
@@ -64,7 +65,7 @@ def evaluate(
                          ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [ensemble],
                          seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [seed], tta=tta)
     datasets = load_datasets(data, limit)
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
     pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
                              sampling=sampling, resolution=resolution, threshold=threshold, gate=gate, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size)

@@ -83,7 +83,9 @@ def run_settings(run: dict) -> list[tuple[str, str]]:
     lines = [
         ("Checkpoint", run.get("checkpoint")),
         ("Model card", run.get("model_card") or "none beside the checkpoint"),
-        ("DDIM steps", sampling.get("steps")),
+        # results.json older than the sampler setting sampled with DDIM on the checkpoint's grid, which it did not name
+        ("Sampler", sampling.get("sampler") or ("DDIM" if "steps" in sampling else None)),
+        ("Sampling steps", sampling.get("steps")),
         ("Ensemble N", sampling.get("ensemble")),
         ("Mirror TTA", {True: "on", False: "off"}.get(sampling.get("tta"))),
         ("Seed", sampling.get("seed")),
