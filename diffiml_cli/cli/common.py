@@ -96,6 +96,14 @@ def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
     return names
 
 
+def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
+    """'ddim,ddim-trailing' -> ["ddim-leading", "ddim-trailing"], else a usage error (exit 2) naming the option."""
+    names = [parse_sampler(item, option) for item in text.split(",") if item.strip()]
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated sampler names, got {text!r}", param_hint=option)
+    return names
+
+
 def sampler_option(value: str | None) -> str | None:
     """--sampler's check: None stays None (the checkpoint's sampler), a name becomes its canonical form."""
     return None if value is None else parse_sampler(value, "--sampler")
