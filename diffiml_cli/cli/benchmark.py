@@ -62,6 +62,9 @@ def benchmark(
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result to stdout.")] = False,
     allow_pickle: AllowPickleOption = False,
+    noiseprint: Annotated[list[str] | None, typer.Option(
+        "--noiseprint", help="Also time a Noiseprint front end at the same size (a `convert --noiseprint` folder, "
+        "a LightNP student, or noiseprint++.th); repeatable, side by side.")] = None,
 ) -> None:
     """Measure parameters, GFLOPs per image and images/s of the inference path for each (precision, sampler and
     steps, N, batch)."""
@@ -91,10 +94,17 @@ def benchmark(
         with_vae_comparison=compare_vae,
         on_progress=None if json_output else lambda message: stderr.print(f"[dim]{message}[/dim]"),
     )
+    if noiseprint:  # the front ends' rows, at the same image size on the same device
+        from diffiml_cli.cli.noiseprint_options import noiseprint_rows, render_noiseprint
+
+        result["noiseprint"] = noiseprint_rows(noiseprint, result, torch_device, warmup=warmup, iters=iters,
+                                              quiet=json_output)
     if json_output:
         print(json.dumps(result, indent=2))
     else:
         _render(result, Console())
+        if noiseprint:
+            render_noiseprint(result["noiseprint"], Console())
 
 
 def parse_samplings(text: str, steps: int) -> list[tuple[str, int]]:

@@ -32,13 +32,12 @@ from torch.nn import functional as F
 
 from diffiml_cli.errors import DiffimlError
 
-TEACHER_SHA256 = "51c153596efecdfc9bdff1b961d63855b943e6a8fd37083cc7499e60b36dd8bf"  # noiseprint++.th as TruFor ships it
 _PICKLE_SUFFIXES = (".th", ".pt", ".pth")
 
 
 @dataclass(frozen=True)
 class NoiseprintConfig:
-    """A DnCNN camera-trace extractor. Noiseprint++ is the default; LightNP is `name="lightnp", layers=11, unshuffle=2`."""
+    """A DnCNN camera-trace extractor. Noiseprint++ is the default; LightNP is `student_config()`."""
 
     name: str = "noiseprint++"  # "noiseprint++" for the GRIP-UNINA teacher, "lightnp" for a distilled student
     layers: int = 17  # 3x3 convolutions in all, the first and the last included
@@ -96,7 +95,8 @@ def read_teacher_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as error:
-            raise DiffimlError(f"noiseprint weights {path}: not a readable safetensors file ({_first_line(error)})") from None
+            raise DiffimlError(f"noiseprint weights {path}: not a readable safetensors file "
+                               f"({_first_line(error)})") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, ...: torch raises many types
@@ -148,7 +148,8 @@ def _has_diffiml_header(path: Path) -> bool:
         with safe_open(path, framework="pt") as handle:
             return "diffiml" in (handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as error:
-        raise DiffimlError(f"noiseprint weights {path}: not a readable safetensors file ({_first_line(error)})") from None
+        raise DiffimlError(f"noiseprint weights {path}: not a readable safetensors file "
+                           f"({_first_line(error)})") from None
 
 
 def convert_teacher(path: str | Path, out: str | Path) -> Path:
