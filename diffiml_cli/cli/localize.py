@@ -44,6 +44,11 @@ def localize(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write <out>/report.html, the case report "
                                          "of every image in --out (as `diffiml report` does).")] = False,
+    noiseprint: Annotated[bool, typer.Option("--noiseprint", help="Also write <stem>_noiseprint.png, the camera-trace "
+                                             "map at full resolution (GRIP-UNINA's licence: non-profit use only).")] = False,
+    noiseprint_weights: Annotated[str | None, typer.Option(help="With --noiseprint: the extractor, a noiseprint "
+                                                           "checkpoint (default: the shipped LightNP, weights/lightnp) "
+                                                           "or noiseprint++.th itself.")] = None,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
@@ -69,6 +74,10 @@ def localize(
                                      should_stop=lambda: interrupted[0])
     finally:
         context.close()
+    if noiseprint and context.is_main and summary.stopped is None and not summary.interrupted:
+        from diffiml_cli.cli.noiseprint_options import write_views
+
+        write_views(summary, noiseprint_weights, overwrite=overwrite, max_pixels=max_pixels)
     if report and context.is_main and summary.stopped is None:
         from diffiml_cli.report import build_report
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from diffiml_cli.noiseprint_view import noiseprint_png
 from diffiml_cli.report.cache import StatCache, signature
 from diffiml_cli.report.metadata import FileMetadata, read_metadata
 from diffiml_cli.report.thumbnails import Thumbnail, ThumbnailStore
@@ -208,6 +209,9 @@ def _files(entry: dict, input_path: Path, metadata: FileMetadata, sources: RowSo
                 found[kind] = None  # an unreadable output is not linked as if it could be viewed
     for kind in FULL_KINDS:
         full[kind] = relative_url(found[kind], sources.out_dir) if found[kind] is not None else None
+    view = noiseprint_png(found["mask"]) if found["mask"] is not None else None  # localize --noiseprint's view
+    shown = view is not None and view.is_file() and not view.is_symlink()
+    full["noiseprint"] = relative_url(view, sources.out_dir) if shown else None
     if full["original"] is not None and metadata.format not in BROWSER_FORMATS:
         full["original"] = thumbs["original"]["url"] if thumbs["original"] else None
         if metadata.format:
