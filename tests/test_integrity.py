@@ -1,12 +1,15 @@
-"""Evidence integrity (#35): no NaN in any JSON the tool writes."""
+"""Evidence integrity (#35): a broken checkpoint is an error, not a verdict; no NaN in any JSON the tool writes."""
 
 from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
+from diffiml_cli.errors import DiffimlError
 from diffiml_cli.jsonsafe import finite_json
 
 NOT_FINITE = (math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf"))
@@ -51,3 +54,38 @@ def test_evaluate_json_has_no_nan_even_from_numpy_scalars():
 
     assert jsonable({"auc": np.float32("nan"), "f1": np.float64(0.5), "n": [math.inf]}) == {"auc": None, "f1": 0.5,
                                                                                         "n": [None]}
+
+
+def test_saving_refuses_a_config_that_loading_would_refuse(tmp_path):
+    import dataclasses
+
+    from diffiml_cli.checkpoint import save_checkpoint
+    from diffiml_cli.config import CalibrationConfig, DetectorConfig
+    from diffiml_cli.models.build import build_localizer
+    from diffiml_cli.presets import get_preset
+
+    calibration = CalibrationConfig(threshold=math.nan, target_far=0.05, far=0.05, tpr=0.5, n_authentic=4, n_tampered=4)
+    config = dataclasses.replace(get_preset("test"), detector=DetectorConfig(hidden_channels=8), calibration=calibration)
+    with pytest.raises(DiffimlError, match=r"not saved, its config is invalid: calibration.threshold is NaN"):
+        save_checkpoint(tmp_path / "ckpt", build_localizer(config), config)
+    assert not (tmp_path / "ckpt" / "model.safetensors").exists()
+
+
+def test_calibrating_without_tampered_images_records_no_detection_rate_rather_than_nan(monkeypatch):
+    from diffiml_cli.config import CalibrationConfig, config_from_dict
+    from diffiml_cli.evaluation import calibration as module
+    from diffiml_cli.evaluation.scoring import DatasetReport
+    from diffiml_cli.inference import SamplingOptions
+
+    rows = [{"detection_score": score, "tampered": False} for score in np.linspace(0, 0.9, 20)]
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline: DatasetReport(metrics={}, per_image=rows))
+    pipeline = SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=False,
+                               sampling=SamplingOptions(), predictor=SimpleNamespace(precision="fp32"))
+    calibration, _ = module.calibrate([pipeline], [], target_far=0.1, gate=False)
+    assert calibration.tpr is None and calibration.rates[0][2] is None and calibration.n_tampered == 0
+    stored = json.loads(json.dumps(__import__("dataclasses").asdict(calibration), allow_nan=False))
+    assert config_from_dict(CalibrationConfig, stored) == calibration
+
+    rows[:] = [{"detection_score": 1.0, "tampered": False}] * 5  # a saturated detector: no threshold is high enough
+    with pytest.raises(DiffimlError, match="score 1.0, the highest detection score"):
+        module.calibrate([pipeline], [], target_far=0.1, gate=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,9 @@ def calibrate(
     calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
     write_calibrated(checkpoint or default_checkpoint(), calibration, out)
     for precision_name, far, tpr in calibration.rates:
+        detected = "no tampered images" if tpr is None else f"detected {tpr:.3f} of {calibration.n_tampered} tampered"
+        auc = reports[precision_name].metrics.get("image_auc")
+        auc_text = f"{auc:.3f}" if isinstance(auc, float) and math.isfinite(auc) else "n/a (one class only)"
         stderr.print(f"{precision_name}: false alarms {far:.3f} of {calibration.n_authentic} authentic images "
-                     f"(target {target_far:g}), detected {tpr:.3f} of {calibration.n_tampered} tampered; image AUC "
-                     f"{reports[precision_name].metrics['image_auc']:.3f}", soft_wrap=True)
+                     f"(target {target_far:g}), {detected}; image AUC {auc_text}", soft_wrap=True)
     stderr.print(f"threshold {calibration.threshold:.4f} -> {markup_safe(out)}", soft_wrap=True)

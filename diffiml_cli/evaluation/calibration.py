@@ -65,13 +65,17 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
         raise DiffimlError("calibrate: no precision to score the set in")
     scores = {name: _scores_by_class(report) for name, report in reports.items()}
     threshold = max(threshold_for_far(authentic, target_far) for authentic, _ in scores.values())
+    if threshold > 1.0:  # just above an authentic score of 1.0: no score could ever reach it
+        raise DiffimlError(f"calibrate: more than {target_far:g} of the authentic images score 1.0, the highest "
+                           "detection score, so no threshold keeps their false alarms within `target_far`")
     rates = tuple((name, float(np.mean(authentic >= threshold)),
-                   float(np.mean(tampered >= threshold)) if tampered.size else math.nan)
+                   float(np.mean(tampered >= threshold)) if tampered.size else None)  # None: no tampered image
                   for name, (authentic, tampered) in scores.items())
+    detected = [tpr for _, _, tpr in rates if tpr is not None]
     authentic, tampered = next(iter(scores.values()))
     calibration = CalibrationConfig(
         threshold=threshold, target_far=target_far, far=max(far for _, far, _ in rates),
-        tpr=min(tpr for _, _, tpr in rates), n_authentic=authentic.size, n_tampered=tampered.size, data=data,
+        tpr=min(detected) if detected else None, n_authentic=authentic.size, n_tampered=tampered.size, data=data,
         sampling=tuple(sorted(dataclasses.asdict(sampling).items())), precision=",".join(reports), rates=rates,
         gate=gate,
     )
