@@ -1,14 +1,20 @@
-"""Evidence integrity (#35): a broken checkpoint is an error, not a verdict; no NaN in any JSON the tool writes."""
+"""Evidence integrity (#35): a broken model is an error, not a verdict; no NaN in any JSON the tool writes; a calibrated
+copy never replaces its source; the Python API refuses bad arrays and seeds with DiffimlError."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from diffiml_cli.cli.app import app
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.jsonsafe import finite_json
 
@@ -89,3 +95,51 @@ def test_calibrating_without_tampered_images_records_no_detection_rate_rather_th
     rows[:] = [{"detection_score": 1.0, "tampered": False}] * 5  # a saturated detector: no threshold is high enough
     with pytest.raises(DiffimlError, match="score 1.0, the highest detection score"):
         module.calibrate([pipeline], [], target_far=0.1, gate=False)
+
+
+# --- calibrate --out never replaces the checkpoint being calibrated --------------------------------------------
+
+
+@pytest.fixture
+def source(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "source"
+    shutil.copytree(tiny_checkpoint, folder)
+    return folder
+
+
+def _calibrate_into(source, out):
+    return CliRunner().invoke(app, ["calibrate", "-d", str(source.parent / "no-such-set"), "-c", str(source),
+                                    "-o", str(out), "--device", "cpu"])
+
+
+@pytest.mark.parametrize("how", ["same", "dotted", "symlink", "symlinked-weights", "weights-file"])
+def test_calibrate_refuses_an_out_that_would_overwrite_its_source(source, how):
+    before = {path.name: path.read_bytes() for path in source.iterdir()}
+    out, checkpoint = source, source
+    if how == "dotted":
+        out = source.parent / "." / source.name / ".." / source.name
+    elif how == "symlink":
+        out = source.parent / "link"
+        out.symlink_to(source, target_is_directory=True)
+    elif how == "symlinked-weights":  # a folder whose model.safetensors links to the source's
+        out = source.parent / "other"
+        out.mkdir()
+        (out / "model.safetensors").symlink_to(source / "model.safetensors")
+    elif how == "weights-file":  # the source given as its weights file, --out its folder
+        checkpoint = source / "model.safetensors"
+    result = CliRunner().invoke(app, ["calibrate", "-d", str(source.parent / "no-such-set"), "-c", str(checkpoint),
+                                      "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line == (f"error: --out {out} holds the checkpoint being calibrated ({checkpoint}), which the calibrated "
+                    "copy would overwrite; give another --out")
+    assert {path.name: path.read_bytes() for path in source.iterdir()} == before
+
+
+def test_a_calibrated_copy_may_go_beside_inside_or_above_its_source(source):
+    from diffiml_cli.evaluation.calibration import check_copy_target
+
+    for out in (source.parent / "copy", source / "calibrated", source.parent):
+        check_copy_target(source, out)  # no file of the source is written there
+    result = _calibrate_into(source, source.parent / "copy")
+    assert result.exit_code == 1 and "no-such-set" in result.stderr  # got past the check, to the data set

@@ -12,7 +12,7 @@ from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption
                                     EnsembleOption, SamplerOption, SeedOption, StepsOption, open_pipeline, stderr)
 from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.evaluation.calibration import calibrate as choose, write_calibrated
+from diffiml_cli.evaluation.calibration import calibrate as choose, check_copy_target, write_calibrated
 from diffiml_cli.evaluation.datasets import load_datasets
 from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
 
@@ -40,6 +40,7 @@ def calibrate(
     """Score the calibration set, pick the lowest detection threshold whose authentic false-alarm rate is at most
     --target-far in every listed precision, and write the checkpoint with that threshold (and --gate) in its
     config; weights unchanged."""
+    check_copy_target(checkpoint or default_checkpoint(), out)  # before scoring the set, which takes a while
     (name, (spec, pairs)), = load_datasets([data]).items()
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed, sampler=sampler)
     pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from diffiml_cli.checkpoint import load_checkpoint, save_state
+from diffiml_cli.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, resolve_checkpoint, save_state
 from diffiml_cli.config import CalibrationConfig
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
@@ -89,8 +90,21 @@ def _scores_by_class(report: DatasetReport) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(authentic, np.float64), np.asarray(tampered, np.float64)
 
 
+def check_copy_target(source: str | Path, out_dir: str | Path) -> None:
+    """A DiffimlError when writing a copy of the checkpoint at `source` into `out_dir` would overwrite it: the same
+    folder (also through a symbolic link), or a weights or config file there that is (or links to) one of its own."""
+    weights = resolve_checkpoint(source)
+    own = {os.path.realpath(weights), os.path.realpath(weights.parent / CONFIG_NAME)}
+    written = {os.path.realpath(Path(out_dir) / name) for name in (WEIGHTS_NAME, CONFIG_NAME)}
+    if os.path.realpath(out_dir) == os.path.realpath(weights.parent) or own & written:
+        raise DiffimlError(f"`out_dir` {out_dir} holds the checkpoint being calibrated ({source}), which the calibrated "
+                           "copy would overwrite; give another `out_dir`")
+
+
 def write_calibrated(source: str | Path, calibration: CalibrationConfig, out_dir: str | Path) -> Path:
-    """A copy of the checkpoint at `source` (weights unchanged, dtypes kept) whose config has `calibration`."""
+    """A copy of the checkpoint at `source` (weights unchanged, dtypes kept) whose config has `calibration`, written
+    to `out_dir`, which must not hold `source` itself (`check_copy_target`)."""
+    check_copy_target(source, out_dir)
     model_type, config, state = load_checkpoint(source)
     if model_type != "localizer":
         raise DiffimlError(f"{source}: a {model_type} checkpoint has no detector")
