@@ -9,6 +9,7 @@ inert HTML, and URLs from `relative_url`, which are percent-encoded relative pat
 
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -109,8 +110,16 @@ def human_size(size: int | None) -> str:
     return ""
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def finite_number(value: object) -> float | None:
+    """A record's score or fraction as a finite float; None (shown as missing) for anything else: a record is a
+    file anyone can edit, and NaN, an infinity or 1e400 would not survive the page's JSON."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 BADGE_TITLES = {
@@ -166,8 +175,8 @@ def _metadata_details(metadata: FileMetadata) -> list[tuple[str, str]]:
 def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
     """The detail view's (label, value) lines about what localize found."""
     lines = []
-    detection, image = _number(entry.get("detection_score")), _number(entry.get("image_score"))
-    fraction = _number(entry.get("manipulated_fraction"))
+    detection, image = finite_number(entry.get("detection_score")), finite_number(entry.get("image_score"))
+    fraction = finite_number(entry.get("manipulated_fraction"))
     if detection is not None:
         lines.append(("Detection score", f"{detection:.3f}"))
     if image is not None:
@@ -176,7 +185,7 @@ def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
         lines.append(("Verdict", {"none": "none (no calibrated detector)"}.get(badge, badge)))
     if fraction is not None:
         lines.append(("Manipulated fraction", f"{100 * fraction:.2f} % of the pixels"))
-    if entry.get("gated"):
+    if entry.get("gated") is True:
         lines.append(("Mask", "emptied: the detector called the image authentic (gate)"))
     if isinstance(entry.get("tiles"), int) and entry["tiles"] > 1:
         lines.append(("Tiles", f"{entry['tiles']} (run at full resolution)"))
@@ -248,9 +257,9 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     notes = [printable(note) for note in metadata.notes] + notes
     if isinstance(entry.get("note"), str):
         notes.append(printable(entry["note"]))
-    detection, image_score = _number(entry.get("detection_score")), _number(entry.get("image_score"))
+    detection, image_score = finite_number(entry.get("detection_score")), finite_number(entry.get("image_score"))
     score = detection if detection is not None else image_score
-    fraction = _number(entry.get("manipulated_fraction"))
+    fraction = finite_number(entry.get("manipulated_fraction"))
     name = printable(image)
     format_text = f"{metadata.format} · {metadata.width} × {metadata.height}" if metadata.format else ""
     if metadata.jpeg_quality is not None:
