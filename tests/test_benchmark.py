@@ -125,13 +125,13 @@ def test_parameters_add_up(test_localizer):
 
 def test_run_benchmark_times_the_real_predict(test_localizer, monkeypatch):
     calls = []
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_maps
 
     def spy(self, images, options):
         calls.append((tuple(images.shape), options.ensemble, options.steps))
         return real_predict(self, images, options)
 
-    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(Predictor, "predict_maps", spy)
     config = get_preset("test")
     result = run_benchmark(test_localizer, config, source="test", random_init=True, device=torch.device("cpu"),
                            steps=1, ensembles=(3,), batch_sizes=(2,), warmup=1, iters=2)
@@ -165,13 +165,13 @@ def test_cli_passes_options_to_the_library(monkeypatch):
 
 def test_benchmark_shows_rows_for_each_sampler_and_steps_beside_eight_ddim_steps(test_localizer, monkeypatch):
     calls = []
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_maps
 
     def spy(self, images, options):
         calls.append((options.sampler, options.steps, options.ensemble))
         return real_predict(self, images, options)
 
-    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(Predictor, "predict_maps", spy)
     result = run_benchmark(test_localizer, get_preset("test"), source="test", random_init=True,
                            device=torch.device("cpu"), precisions=("fp32", "bf16"),
                            samplings=[("ddim", 8), ("ddim-trailing", 2)], ensembles=(5, 6), batch_sizes=(1,),

@@ -18,7 +18,7 @@ from textures import copy_moved_texture
 from diffiml_cli.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import CalibrationConfig, DetectorConfig, DiffusionConfig, ModelConfig, config_from_dict
-from diffiml_cli.diffusion.samplers import SamplerConfig, sampler_name
+from diffiml_cli.diffusion.samplers import sampler_name
 from diffiml_cli.diffusion.sampling import make_sampler, make_scheduler, sample, sampling_timesteps
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.calibration import calibrate, write_calibrated
@@ -141,7 +141,7 @@ def test_ddim_reproduces_the_masks_of_the_code_before_samplers_were_settings(mon
     for name, (options, probability_sum, uncertainty_sum, mask_pixels, detection) in REFERENCE.items():
         result = pipeline.predict(image, **options)
         with monkeypatch.context() as patch:
-            patch.setattr("diffiml_cli.inference.sample", _pre_change_ddim)
+            patch.setattr("diffiml_cli.map_models.sample", _pre_change_ddim)
             before = pipeline.predict(image, **options)
         for now, then in ((result.probability, before.probability), (result.uncertainty, before.uncertainty),
                           (result.mask, before.mask)):

@@ -116,10 +116,15 @@ def precision_of(precision: str, fp16: bool) -> str:
 
 def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAULT_PRECISION, fp16: bool = False,
                   allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, calibrating: bool = False,
-                  **options: Any) -> LocalizationPipeline:
-    """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU)."""
+                  resolution: str | None = None, compile: bool = False, threshold: float = 0.5,
+                  gate: bool | None = None, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                  batch_size: int = 1) -> LocalizationPipeline:
+    """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU), and
+    its warnings: bf16 emulated, and (unless `calibrating`) a verdict calibrated in another precision or sampling."""
     pipeline = load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
-                              allow_pickle=allow_pickle, sampling=sampling, **options)
+                              allow_pickle=allow_pickle, resolution=resolution, compile=compile, sampling=sampling,
+                              threshold=threshold, gate=gate, tile=tile, tile_overlap=tile_overlap,
+                              batch_size=batch_size)
     warn_if_emulated(pipeline.predictor.precision, pipeline.predictor.device)
     if not calibrating:
         warn_if_uncalibrated_precision(pipeline)
