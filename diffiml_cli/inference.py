@@ -24,46 +24,12 @@ import numpy as np
 import torch
 
 from diffiml_cli.config import DiffusionConfig
-from diffiml_cli.diffusion.samplers import sampler_name
+from diffiml_cli.defaults import DEFAULT_PRECISION, PRECISIONS, SamplingOptions  # noqa: F401 - re-exported
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.map_models import DiffusionMaps, SegmentationMaps, member_spread  # noqa: F401 - member_spread re-exported
 from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# bf16 on CPUs that compute it natively, fp16 on CUDA: chosen on held-out synthetic validation with the defaults
-# below (weights/README.md, "Speed"); fp32 elsewhere.
-DEFAULT_PRECISION = "auto"
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How to sample: the sampler and its steps, ensemble size N, horizontal-flip TTA, and the noise seed.
-
-    The defaults, 2 steps and N = 6, were chosen on held-out synthetic validation as the setting with the fewest
-    denoiser calls within 0.01 pixel F1 of the paper's 8 steps and N = 5 and within 0.45 s per 512² image on two
-    CPU threads (weights/README.md, "3. The defaults"); the paper's remain a flag away.
-
-    sampler: a name of `diffusion/samplers.py` ("ddim", "ddim-trailing", "dpmsolver++", ...), kept in its canonical
-    "ALGORITHM-SPACING" form; None samples with the checkpoint's own (`DiffusionConfig.sampler_name`: "ddim-leading"
-    for every checkpoint so far), which `Predictor.resolve` names.
-    """
-
-    steps: int = 2
-    ensemble: int = 6
-    tta: bool = False
-    seed: int = 0
-    sampler: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.sampler is not None:
-            object.__setattr__(self, "sampler", sampler_name(self.sampler))  # "ddim" -> "ddim-leading"
-        if not 1 <= self.steps <= 1000:
-            raise DiffimlError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.ensemble < 1:
-            raise DiffimlError(f"ensemble must be at least 1, got {self.ensemble}")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from diffiml_cli.version import __version__
 from diffiml_cli.config import ModelConfig
+from diffiml_cli.defaults import DEFAULT_TILE_OVERLAP
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb, pil_to_rgb
 from diffiml_cli.image_ops import resize_image
@@ -35,7 +36,6 @@ from diffiml_cli.tiling import Stitcher, tile_grid
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 VERDICTS = ("manipulated", "authentic")
-DEFAULT_TILE_OVERLAP = 128  # px; about the receptive field's reach at the encoder's coarsest stage
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,25 @@
-"""Option types and helpers shared by several sub-commands. Defaults come from the library's dataclasses."""
+"""Option types and helpers shared by several sub-commands. Defaults come from `diffiml_cli.defaults`, which
+imports nothing heavy: torch and the models are imported inside the functions that load a model."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import signal
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
+from diffiml_cli.defaults import DEFAULT_PRECISION, DEFAULT_TILE_OVERLAP, PRECISIONS, SamplingOptions
 from diffiml_cli.diffusion.samplers import example as sampler_examples, sampler_name
-from diffiml_cli.distributed import rank_device
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions, bf16_is_emulated
-from diffiml_cli.pipeline import DEFAULT_TILE_OVERLAP, LocalizationPipeline, load_localizer
+
+if TYPE_CHECKING:
+    from diffiml_cli.pipeline import LocalizationPipeline
 
 stderr = Console(stderr=True)
 SAMPLING = SamplingOptions()  # the defaults every sampling option shows
@@ -69,6 +73,63 @@ AllowPickleOption = Annotated[
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The options `localize` and `evaluate` share, declared once: the checkpoint, how to sample, the verdict's
+    mask threshold and gate, and where and how the model runs. Each field is one option (RUN_OPTION_TYPES)."""
+
+    checkpoint: str | None = None
+    sampler: str | None = SAMPLING.sampler
+    steps: int = SAMPLING.steps
+    ensemble: int = SAMPLING.ensemble
+    tta: bool = SAMPLING.tta
+    threshold: float = 0.5
+    gate: bool | None = None
+    device: str = "auto"
+    precision: str = DEFAULT_PRECISION
+    fp16: bool = False
+    seed: int = SAMPLING.seed
+    batch_size: int = 1
+    tile: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    resolution: str | None = None
+    allow_pickle: bool = False
+
+    @property
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(steps=self.steps, ensemble=self.ensemble, tta=self.tta, seed=self.seed,
+                               sampler=self.sampler)
+
+
+RUN_OPTION_TYPES = {
+    "checkpoint": CheckpointOption, "sampler": SamplerOption, "steps": StepsOption, "ensemble": EnsembleOption, "tta": TtaOption,
+    "threshold": ThresholdOption, "gate": GateOption, "device": DeviceOption, "precision": PrecisionOption,
+    "fp16": Fp16Option, "seed": SeedOption, "batch_size": BatchSizeOption, "tile": TileOption,
+    "tile_overlap": TileOverlapOption, "resolution": ResolutionOption, "allow_pickle": AllowPickleOption,
+}
+
+
+def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `command` every RunOptions field as its own option, in place of its `run: RunOptions` parameter;
+    the command receives them gathered as `run`. Typer reads the signature this sets."""
+    keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every option by name, so any order of defaults is valid
+    signature = inspect.signature(command, eval_str=True)
+    fields = [inspect.Parameter(f.name, keyword, default=f.default, annotation=RUN_OPTION_TYPES[f.name])
+              for f in dataclasses.fields(RunOptions)]
+    parameters = []
+    for parameter in signature.parameters.values():
+        parameters.extend(fields if parameter.name == "run" else [parameter.replace(kind=keyword)])
+
+    @functools.wraps(command)
+    def run_command(*args: Any, **kwargs: Any) -> Any:
+        run = RunOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in kwargs})
+        return command(*args, run=run, **kwargs)
+
+    run_command.__signature__ = signature.replace(parameters=parameters)
+    run_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run_command
+
+
 def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
     """'1,5' -> [1, 5]; every item an integer >= minimum, else a usage error (exit 2) naming the option."""
     try:
@@ -96,14 +157,6 @@ def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
     return names
 
 
-def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
-    """'ddim,ddim-trailing' -> ["ddim-leading", "ddim-trailing"], else a usage error (exit 2) naming the option."""
-    names = [parse_sampler(item, option) for item in text.split(",") if item.strip()]
-    if not names:
-        raise typer.BadParameter(f"expected comma-separated sampler names, got {text!r}", param_hint=option)
-    return names
-
-
 def sampler_option(value: str | None) -> str | None:
     """--sampler's check: None stays None (the checkpoint's sampler), a name becomes its canonical form."""
     return None if value is None else parse_sampler(value, "--sampler")
@@ -121,6 +174,9 @@ def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAU
                   batch_size: int = 1) -> LocalizationPipeline:
     """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU), and
     its warnings: bf16 emulated, and (unless `calibrating`) a verdict calibrated in another precision or sampling."""
+    from diffiml_cli.distributed import rank_device
+    from diffiml_cli.pipeline import load_localizer
+
     pipeline = load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
                               allow_pickle=allow_pickle, resolution=resolution, compile=compile, sampling=sampling,
                               threshold=threshold, gate=gate, tile=tile, tile_overlap=tile_overlap,
@@ -130,6 +186,14 @@ def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAU
         warn_if_uncalibrated_precision(pipeline)
         warn_if_uncalibrated_sampling(pipeline)
     return pipeline
+
+
+def open_run(run: RunOptions, *, compile: bool = False) -> LocalizationPipeline:
+    """`open_pipeline` with the options `localize` and `evaluate` share (RunOptions); `compile` is localize's."""
+    return open_pipeline(run.checkpoint, device=run.device, precision=run.precision, fp16=run.fp16,
+                         allow_pickle=run.allow_pickle, sampling=run.sampling, resolution=run.resolution,
+                         compile=compile, threshold=run.threshold, gate=run.gate, tile=run.tile,
+                         tile_overlap=run.tile_overlap, batch_size=run.batch_size)
 
 
 def warn_if_uncalibrated_sampling(pipeline: LocalizationPipeline) -> None:
@@ -165,6 +229,8 @@ def warn_if_uncalibrated_precision(pipeline: LocalizationPipeline) -> None:
 
 def warn_if_emulated(precision: str, device: Any) -> None:
     """One line on stderr when bf16 was asked for on a CPU that does not compute it natively."""
+    from diffiml_cli.inference import bf16_is_emulated
+
     if bf16_is_emulated(precision, device):
         stderr.print("[yellow]warning:[/] this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), so --precision "
                      "bf16 is emulated and slower than fp32 here; --precision auto picks fp32 on it")
@@ -193,5 +259,3 @@ def stop_on_interrupt() -> Iterator[list[bool]]:
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-TILE_OVERLAP = DEFAULT_TILE_OVERLAP

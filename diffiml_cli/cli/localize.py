@@ -4,43 +4,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffiml_cli.batch import RESULTS_JSON, ImageResult, LocalizeOptions, RunSummary, localize_files, prepare_out_dir
-from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
-                                    DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
-                                    TileOverlapOption, TtaOption, open_pipeline, stderr, stop_on_interrupt)
+from diffiml_cli.cli.common import RunOptions, open_run, stderr, stop_on_interrupt, with_run_options
 from diffiml_cli.cli.display import markup_safe, visible
-from diffiml_cli.distributed import init_distributed
-from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, list_images
-from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
+from diffiml_cli.cli.progress import progress_bar
+from diffiml_cli.defaults import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from diffiml_cli.batch import ImageResult, RunSummary
 
 
+@with_run_options
 def localize(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
-    checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("diffiml-out"),
-    sampler: SamplerOption = SAMPLING.sampler,
-    steps: StepsOption = SAMPLING.steps,
-    ensemble: EnsembleOption = SAMPLING.ensemble,
-    tta: TtaOption = SAMPLING.tta,
-    threshold: ThresholdOption = 0.5,
-    gate: GateOption = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = DEFAULT_PRECISION,
-    fp16: Fp16Option = False,
-    seed: SeedOption = SAMPLING.seed,
-    batch_size: BatchSizeOption = 1,
-    tile: TileOption = None,
-    tile_overlap: TileOverlapOption = TILE_OVERLAP,
+    run: RunOptions = RunOptions(),
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).", min=1)] = DEFAULT_MAX_PIXELS,
-    resolution: ResolutionOption = None,
-    allow_pickle: AllowPickleOption = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write <out>/report.html, the case report "
                                          "of every image in --out (as `diffiml report` does).")] = False,
@@ -51,17 +34,19 @@ def localize(
                                                            "or noiseprint++.th itself.")] = None,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
+    from diffiml_cli.batch import LocalizeOptions, localize_files, prepare_out_dir
+    from diffiml_cli.distributed import init_distributed
+    from diffiml_cli.image_io import list_images
+
     images = list_images(inputs)
     prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
-    pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
-                             sampling=sampling, compile=compile, resolution=resolution, threshold=threshold,
-                             gate=gate, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size)
+    pipeline = open_run(run, compile=compile)
     context = init_distributed(pipeline.predictor.device)
-    options = LocalizeOptions(out_dir=out, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
+    options = LocalizeOptions(out_dir=out, batch_size=run.batch_size, overwrite=overwrite, max_pixels=max_pixels)
     start = time.perf_counter()
     try:
-        with stop_on_interrupt() as interrupted, _progress(context.is_main) as progress:
+        with stop_on_interrupt() as interrupted, progress_bar("localize", "img", stderr, fields="{task.fields[last]}",
+                                                               show=context.is_main) as progress:
             # Under torchrun rank 0 shows its own shard and the skips, so the total is unknown there.
             task = progress.add_task("localize", total=len(images) if context.world_size == 1 else None, last="")
 
@@ -85,13 +70,10 @@ def localize(
     _report(summary, out, time.perf_counter() - start, main=context.is_main)
 
 
-def _progress(show: bool) -> Progress:
-    return Progress(TextColumn("[bold]localize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[last]}", markup=False), console=stderr, disable=not show)
-
-
 def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> None:
     """The closing lines: counts, failures one per line, then the exit code (130 interrupted, 1 failures)."""
+    from diffiml_cli.batch import RESULTS_JSON
+
     counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
     if main:
         stderr.print(f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
