@@ -1,4 +1,5 @@
-"""`diffiml localize`: write mask, probability, overlay and uncertainty PNGs for each input image."""
+"""`diffiml localize`: write mask, probability, overlay and uncertainty PNGs for each input image, and print
+each image's verdict, detection score and marked share as it finishes."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ def localize(
                                                            "checkpoint (default: the shipped LightNP, weights/lightnp) "
                                                            "or noiseprint++.th itself.")] = None,
 ) -> None:
-    """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
+    """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json.
+
+    Prints one line per image (verdict, detection score, share of pixels marked), a screenful at most; every
+    image's numbers are in results.json."""
     from diffiml_cli.batch import LocalizeOptions, localize_files, prepare_out_dir
     from diffiml_cli.distributed import init_distributed
     from diffiml_cli.image_io import list_images
@@ -49,10 +53,10 @@ def localize(
                                                                show=context.is_main) as progress:
             # Under torchrun rank 0 shows its own shard and the skips, so the total is unknown there.
             task = progress.add_task("localize", total=len(images) if context.world_size == 1 else None, last="")
+            lines = ResultLines(progress.console, show=context.is_main)
 
             def on_result(result: ImageResult) -> None:
-                if result.status == "failed":
-                    progress.console.print(f"[red]failed[/red] {markup_safe(result.error)}", soft_wrap=True)
+                lines.add(result)
                 progress.update(task, advance=1, last=visible(Path(result.image).name))
 
             summary = localize_files(images, pipeline, options, on_result=on_result, context=context,
@@ -70,6 +74,50 @@ def localize(
     _report(summary, out, time.perf_counter() - start, main=context.is_main)
 
 
+class ResultLines:
+    """One line per finished image, above the progress bar, until a screenful is shown; then one line saying
+    the rest are in results.json. Names are shown escaped (display.visible)."""
+
+    def __init__(self, console, *, show: bool) -> None:
+        self.console, self.show, self.shown = console, show, 0
+        self.limit = max(5, console.size.height - 4)
+
+    def add(self, result: ImageResult) -> None:
+        if not self.show:
+            return
+        if self.shown == self.limit:
+            self.console.print("[dim]... the other images' lines are in results.json[/dim]")
+        self.shown += 1
+        if self.shown <= self.limit:
+            self.console.print(result_line(result), soft_wrap=True, highlight=False)
+
+
+def result_line(result: ImageResult) -> str:
+    """`manipulated  detection 0.912  marked  12.3%  photo.jpg` (rich markup; the name escaped)."""
+    name = markup_safe(result.image)
+    if result.status == "failed":
+        return f"[red]failed[/red]       {markup_safe(result.error)}"
+    verdict = result.verdict or "no verdict"
+    colour = {"manipulated": "red", "authentic": "green"}.get(verdict, "default")
+    score = ("detection " if result.detection_score is not None else "max prob  ") + _number(
+        result.detection_score if result.detection_score is not None else result.image_score, ".3f")
+    marked = _number(result.manipulated_fraction, "6.1%")
+    kept = " [dim](kept: outputs exist)[/dim]" if result.status == "skipped" else ""
+    gated = " [dim](mask emptied: gate)[/dim]" if result.gated else ""
+    return f"[{colour}]{verdict:<11}[/{colour}]  {score}  marked {marked}  {name}{kept}{gated}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def verdict_counts(results: list[ImageResult]) -> str:
+    """`verdicts: 2 manipulated, 5 authentic, 1 without a verdict` over the images localized or kept."""
+    verdicts = [r.verdict or "without a verdict" for r in results if r.status != "failed"]
+    named = ("manipulated", "authentic", "without a verdict")
+    return "verdicts: " + (", ".join(f"{verdicts.count(v)} {v}" for v in named if v in verdicts) or "none")
+
+
 def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> None:
     """The closing lines: counts, failures one per line, then the exit code (130 interrupted, 1 failures)."""
     from diffiml_cli.batch import RESULTS_JSON
@@ -78,6 +126,7 @@ def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> No
     if main:
         stderr.print(f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
                      f"{counts['failed']} failed in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}", soft_wrap=True)
+        stderr.print(verdict_counts(summary.results), highlight=False)
     failures = [r for r in summary.results if r.status == "failed"]
     if failures:
         stderr.print("[red]failures:[/red]")
