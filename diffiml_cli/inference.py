@@ -26,7 +26,7 @@ import torch
 from diffiml_cli.config import DiffusionConfig
 from diffiml_cli.defaults import DEFAULT_PRECISION, PRECISIONS, SamplingOptions  # noqa: F401 - re-exported
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.map_models import DiffusionMaps, SegmentationMaps, member_spread  # noqa: F401 - member_spread re-exported
+from diffiml_cli.map_models import DiffusionMaps, SegmentationMaps, member_spread  # noqa: F401 - re-exported
 from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer

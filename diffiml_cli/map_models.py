@@ -41,7 +41,8 @@ class DiffusionMaps:
 
     def __init__(self, localizer: Localizer, diffusion: DiffusionConfig, *, autocast: Autocast,
                  memory_format: torch.memory_format, compile: bool = False) -> None:
-        self.localizer, self.diffusion, self.autocast, self.memory_format = localizer, diffusion, autocast, memory_format
+        self.localizer, self.diffusion = localizer, diffusion
+        self.autocast, self.memory_format = autocast, memory_format
         # The backbone needs sides that are multiples of 32; each UNet level below the first halves the latent.
         self.input_multiple = max(32, 8 * 2 ** (len(localizer.denoiser.config.block_out_channels) - 1))
         # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.

@@ -105,6 +105,11 @@ def test_dpm_solver_samples_give_finite_masks_of_the_right_shape_and_differ_from
     assert not torch.equal(masks["ddim-trailing", 2], masks["ddim", 2])  # 999, 499 against 500, 0
     # One step of each sampler from t = 999 is the denoiser's x0 at t = 999: the two trailing samplers agree.
     torch.testing.assert_close(masks["dpmsolver++", 1], masks["ddim-trailing", 1], atol=1e-5, rtol=0)
+    # DPM-Solver++(2M) takes first-order steps first and last (lower_order_final), and its first-order step is
+    # DDIM's (Lu et al. 2022, "DPM-Solver++"): at 2 steps the two agree up to where they clip x0; with 4, the
+    # second-order steps between move the maps.
+    torch.testing.assert_close(masks["dpmsolver++", 2], masks["ddim-trailing", 2], atol=1e-3, rtol=0)
+    assert (masks["dpmsolver++", 4] - masks["ddim-trailing", 4]).abs().max() > 1e-3
 
 
 def _pre_change_ddim(x0_model, x_T, scheduler, num_steps, on_x0=None):

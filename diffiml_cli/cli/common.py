@@ -37,9 +37,10 @@ StepsOption = Annotated[int, typer.Option(help="Sampling steps: denoiser calls p
                                            "timestep grid.", min=1, max=1000)]
 SamplerOption = Annotated[
     str | None,
-    typer.Option(help=f"The sampler, ALGORITHM[-SPACING] ({sampler_examples()}; ddim alone is ddim-leading): how the "
-                 "steps walk from noise to the mask, and on which timestep grid. Default: the checkpoint's "
-                 "(ddim-leading for the shipped one).", callback=lambda value: sampler_option(value)),
+    typer.Option(help=f"The sampler, ALGORITHM[-SPACING] ({sampler_examples()}; ddim alone is ddim-leading, "
+                 "dpmsolver++ alone dpmsolver++-trailing): how the steps walk from noise to the mask, and on which "
+                 "timestep grid. Default: the checkpoint's (ddim-leading for the shipped one).",
+                 callback=lambda value: sampler_option(value)),
 ]
 EnsembleOption = Annotated[int, typer.Option(help="Noise samples N, run as one batch; their latents are averaged.", min=1)]
 TtaOption = Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict the mirrored image and merge by max.")]

@@ -122,7 +122,8 @@ def write_sweep(document: dict, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / SWEEP_JSON, "csv": out_dir / SWEEP_CSV}
     atomic_write_bytes(paths["json"], (json.dumps(jsonable(document), indent=2, allow_nan=False) + "\n").encode())
-    header = ["sampler", "steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
+    header = ["sampler", "steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS
+                                                          for stat in ("mean", "std", "sem")]
     rows = [
         [cell["sampler"], cell["steps"], cell["ensemble"], name]
         + [metrics[key][stat] for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
