@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffiml_cli.diffusion.samplers import sampler_name
-from diffiml_cli.errors import DiffimlError
+from diffiml_cli.config_values import check_sampling_options
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # bf16 on CPUs that compute it natively, fp16 on CUDA: chosen on held-out synthetic validation with the defaults
@@ -47,7 +47,4 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         if self.sampler is not None:
             object.__setattr__(self, "sampler", sampler_name(self.sampler))  # "ddim" -> "ddim-leading"
-        if not 1 <= self.steps <= 1000:
-            raise DiffimlError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.ensemble < 1:
-            raise DiffimlError(f"ensemble must be at least 1, got {self.ensemble}")
+        check_sampling_options(self)  # the types and ranges of steps, ensemble, tta and seed

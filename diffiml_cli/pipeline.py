@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffiml_cli.api_checks import check_image, check_images
 from diffiml_cli.version import __version__
 from diffiml_cli.config import ModelConfig
+from diffiml_cli.config_values import check_sampling_options
 from diffiml_cli.defaults import DEFAULT_TILE_OVERLAP
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb, pil_to_rgb
@@ -75,8 +77,8 @@ def as_rgb(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
             raise DiffimlError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         if image.ndim == 2:
-            return np.repeat(image[..., None], 3, axis=2)
-        return np.ascontiguousarray(image[..., :3])
+            return check_image(np.repeat(image[..., None], 3, axis=2))
+        return check_image(np.ascontiguousarray(image[..., :3]))
     raise DiffimlError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an array")
 
 
@@ -144,7 +146,8 @@ class LocalizationPipeline:
                      ) -> list[LocalizationResult]:
         """(H, W, 3) uint8 RGB images -> their results, in order. Images of one shape share model batches of
         `batch_size`; an image that needs tiles is run on its own, `batch_size` tiles at a time."""
-        sampling = sampling or self.sampling
+        sampling = check_sampling_options(sampling or self.sampling)
+        images = check_images(images)  # the one check of every array, whether it came through `predict` or not
         results: list[LocalizationResult | None] = [None] * len(images)
         whole = [i for i, image in enumerate(images) if not self._needs_tiles(image)]
         for start in range(0, len(whole), self.batch_size):
@@ -189,6 +192,9 @@ class LocalizationPipeline:
 
     def _finish(self, probability: np.ndarray, uncertainty: np.ndarray, image_score: float,
                 detection: float | None, tiles: int) -> LocalizationResult:
+        if not np.isfinite(image_score) or (detection is not None and not np.isfinite(detection)):  # broken weights
+            raise DiffimlError(f"the model gave a non-finite score (image score {image_score}, detection score "
+                               f"{detection}); its weights or arithmetic are broken, so it gives no verdict")
         verdict = self.verdict(detection)
         gated = self.gate and verdict == "authentic"
         mask = np.zeros(probability.shape, bool) if gated else probability >= self.threshold

@@ -50,7 +50,8 @@ PrecisionOption = Annotated[
     str, typer.Option(help=f"{', '.join(PRECISIONS)}: auto is fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.")
 ]
 Fp16Option = Annotated[bool, typer.Option("--fp16/--no-fp16", help="The same as --precision fp16 (CUDA only).")]
-SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.", min=0,
+                                         max=2**64 - 1)]  # what torch's generator takes
 BatchSizeOption = Annotated[int, typer.Option(help="Images (or tiles of one image) per forward pass.", min=1)]
 ResolutionOption = Annotated[
     str | None,
