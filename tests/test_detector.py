@@ -140,7 +140,7 @@ def test_calibrating_in_two_precisions_keeps_the_false_alarm_rate_in_each(monkey
                                                            for s in tampered[precision]])
 
     scored = []
-    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline: scored.append(pipeline) or
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline, **progress: scored.append(pipeline) or
                         fake_scores(pairs, pipeline))
     pipelines = [SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=True,
                                  sampling=SamplingOptions(steps=2, ensemble=5), predictor=SimpleNamespace(precision=p))
