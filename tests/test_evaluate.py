@@ -21,7 +21,8 @@ from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
 from diffiml_cli.evaluation.robustness import PERTURBATION_LEVELS, Perturbation, gaussian_noise, parse_kinds
-from diffiml_cli.evaluation.scoring import COUNT_KEYS, METRIC_KEYS, evaluate_dataset, parse_dataset_arg
+from diffiml_cli.evaluation.scoring import (COUNT_KEYS, METRIC_KEYS, average_metrics, evaluate_dataset,
+                                          parse_dataset_arg)
 from diffiml_cli.image_ops import gaussian_blur, jpeg_compress
 from diffiml_cli.inference import Prediction, Predictor, SamplingOptions
 from diffiml_cli.pipeline import LocalizationPipeline
@@ -264,6 +265,24 @@ def test_image_metrics_read_the_detection_scores_and_rates_average_over_their_ow
     assert metrics["authentic_any_rate"] == np.mean([predicted[n].any() for n in authentic]) == (0 if gate else 1 / 4)
     assert metrics["pixel_f1_all"] == pytest.approx(
         np.mean([*f1.values(), *(float(not predicted[n].any()) for n in authentic)]))
+
+
+def test_the_average_over_datasets_is_a_plain_mean_of_the_datasets_where_a_metric_is_defined():
+    """Each dataset counts once whatever its size; a dataset where a metric is undefined (no authentic images: no
+    authentic_pixel_fpr) is left out of that metric's mean, not counted as 0; counts are totals."""
+    undefined = {key: math.nan for key in METRIC_KEYS}
+    rows = [
+        {**undefined, "n_tampered": 10, "n_authentic": 0, "pixel_f1": 0.2, "image_auc": math.nan},
+        {**undefined, "n_tampered": 1, "n_authentic": 3, "pixel_f1": 0.8, "authentic_pixel_fpr": 0.3,
+         "image_auc": 0.75},
+        {**undefined, "n_tampered": 2, "n_authentic": 5, "pixel_f1": 0.5, "authentic_pixel_fpr": 0.1,
+         "image_auc": 0.25},
+    ]
+    average = average_metrics(rows)
+    assert (average["n_tampered"], average["n_authentic"]) == (13, 8)
+    assert average["pixel_f1"] == pytest.approx(0.5)  # not 0.29, the mean weighted by tampered images
+    assert average["authentic_pixel_fpr"] == pytest.approx(0.2) and average["image_auc"] == pytest.approx(0.5)
+    assert math.isnan(average["pixel_iou"]) and "oracle_threshold" not in average
 
 
 def test_dataset_arguments_are_named_by_prefix_or_stem(tmp_path):
