@@ -222,6 +222,29 @@ def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_check
     assert python.gated is False and python.verdict in ("manipulated", "authentic")
 
 
+def test_calibrate_keeps_the_higher_threshold_of_two_precisions_when_the_lower_is_listed_first(
+        random_detector_checkpoint, tmp_path):
+    """Each precision's own threshold is computed here through the Python API; `calibrate` given both, the one
+    with the lower threshold first, must keep the higher."""
+    data = _set(tmp_path / "cal")
+    authentic = sorted((data / "Au").iterdir())
+    own = {}
+    for precision in ("fp32", "bf16"):
+        localizer = load_localizer(random_detector_checkpoint, device="cpu", precision=precision)
+        own[precision] = threshold_for_far([localizer.predict(path, steps=1, ensemble=1).detection_score
+                                            for path in authentic], 0.25)
+    assert abs(own["fp32"] - own["bf16"]) > 1e-5  # bf16 moves the scores enough for the order to matter
+    order = sorted(own, key=own.get)  # the lower threshold first
+    out = tmp_path / "calibrated"
+    result = CliRunner().invoke(app, ["calibrate", "-d", str(data), "-c", str(random_detector_checkpoint),
+                                      "--target-far", "0.25", "--precision", ",".join(order), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    calibration = load_model(out)[1].calibration
+    assert calibration.precision == ",".join(order) and [rate[0] for rate in calibration.rates] == order
+    assert calibration.threshold == pytest.approx(own[order[1]], abs=1e-7)
+    assert calibration.far <= 0.25 and all(far <= 0.25 for _, far, _ in calibration.rates)
+
+
 def _auc(positive, negative) -> float:
     """P(a tampered image outscores an authentic one), ties counting half."""
     return float(np.mean([(p > n) + 0.5 * (p == n) for p in positive for n in negative]))
