@@ -118,6 +118,9 @@ def test_the_detector_reads_every_cell_that_holds_image_pixels(random_detector_c
     [alone] = pipeline.predictor.predict_inputs([padded], pipeline.sampling)
     assert tuple(alone.cells.shape[-2:]) == tuple(alone.evidence.shape[-2:]) == (5, 6)
     assert tuple(alone.probability.shape[-2:]) == size and result.probability.shape == size
+    height, width = size  # the image score is the maximum over the image's pixels alone, padding left out
+    assert result.image_score == pytest.approx(whole.probability[..., :height, :width].max().item(), abs=1e-6)
+    assert whole.probability[..., :height, :width].max() != whole.probability.max()  # the test can tell
 
 
 def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():
