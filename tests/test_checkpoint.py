@@ -193,3 +193,12 @@ def test_a_checkpoint_of_another_format_version_is_refused(tmp_path, tiny_checkp
             loader(source)
     unchanged = _with_header(tmp_path / "same", tiny_checkpoint, lambda header: None, in_metadata=in_metadata)
     assert load_model(unchanged)[1] == load_model(tiny_checkpoint)[1]
+
+
+@pytest.mark.parametrize("change", [{"format": "other"}, {"model_type": "segmenter"}, {"config": {"image_size": "x"}}],
+                         ids=["format", "model_type", "config"])
+def test_a_header_of_another_format_or_model_type_is_refused(tmp_path, tiny_checkpoint, change):
+    source = _with_header(tmp_path / "ckpt", tiny_checkpoint, lambda header: header.update(change), in_metadata=True)
+    for loader in PUBLIC_LOADERS.values():
+        with pytest.raises(DiffimlError, match="not a diffiml checkpoint|unknown model_type|bad config"):
+            loader(source)
