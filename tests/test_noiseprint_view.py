@@ -98,3 +98,16 @@ def test_detail_panel_shows_the_view_in_chromium(tiny_checkpoint, small_noisepri
     finally:
         browser.close()
     assert shown == {"a": (True, 64), "b": (True, 50), "c": (False, 0)}, shown
+
+
+def test_noiseprint_without_weights_fails_before_any_image(tiny_checkpoint, image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--noiseprint"])
+    assert result.exit_code == 1 and "--noiseprint-weights" in result.output
+    assert not list(out.glob("*.png"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a file")
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--noiseprint", "--noiseprint-weights", str(bad)])
+    assert result.exit_code == 1 and "bad.safetensors" in result.output and not list(out.glob("*.png"))

@@ -31,8 +31,8 @@ def localize(
     noiseprint: Annotated[bool, typer.Option("--noiseprint", help="Also write <stem>_noiseprint.png, the camera-trace "
                                              "map at full resolution (GRIP-UNINA's licence: non-profit use only).")] = False,
     noiseprint_weights: Annotated[str | None, typer.Option(help="With --noiseprint: the extractor, a noiseprint "
-                                                           "checkpoint (default: the shipped LightNP, weights/lightnp) "
-                                                           "or noiseprint++.th itself.")] = None,
+                                                           "checkpoint (`convert --noiseprint`, or a LightNP student) "
+                                                           "or noiseprint++.th itself; needed, as none is shipped.")] = None,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json.
 
@@ -44,6 +44,10 @@ def localize(
 
     images = list_images(inputs)
     prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
+    if noiseprint:  # so is a missing or bad extractor
+        from diffiml_cli.cli.noiseprint_options import noiseprint_source
+
+        noiseprint_weights = noiseprint_source(noiseprint_weights)
     pipeline = open_run(run, compile=compile)
     context = init_distributed(pipeline.predictor.device)
     options = LocalizeOptions(out_dir=out, batch_size=run.batch_size, overwrite=overwrite, max_pixels=max_pixels)

@@ -40,12 +40,28 @@ def render_noiseprint(rows: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def write_views(summary, source: str | None, *, overwrite: bool, max_pixels: int) -> None:
-    """`<stem>_noiseprint.png` for every image `localize` wrote or kept; `source` None: the shipped LightNP."""
+def noiseprint_source(source: str | None) -> str:
+    """The extractor `localize --noiseprint` will use, checked by loading it once, before any image runs:
+    `source`, or weights/lightnp when one is shipped; else one line saying what to pass."""
     from diffiml_cli.checkpoint import default_checkpoint_dir
+    from diffiml_cli.errors import DiffimlError
+    from diffiml_cli.models.noiseprint import load_noiseprint
+
+    if source is None:
+        try:
+            source = str(default_checkpoint_dir("lightnp"))
+        except DiffimlError:
+            raise DiffimlError("--noiseprint needs --noiseprint-weights: no LightNP is shipped (docs/noiseprint.md); "
+                               "convert TruFor's noiseprint++.th with `diffiml convert noiseprint++.th --noiseprint "
+                               "--out DIR` and pass DIR") from None
+    load_noiseprint(source, allow_pickle=True)
+    return source
+
+
+def write_views(summary, source: str, *, overwrite: bool, max_pixels: int) -> None:
+    """`<stem>_noiseprint.png` for every image `localize` wrote or kept, by `source` (see `noiseprint_source`)."""
     from diffiml_cli.noiseprint_view import write_noiseprint_views
 
-    source = source or str(default_checkpoint_dir("lightnp"))
     items = [(r.image, r.outputs["mask"]) for r in summary.results if r.status != "failed" and r.outputs.get("mask")]
 
     def on_done(image: str, error: str | None) -> None:
