@@ -84,7 +84,7 @@ def test_calibrating_without_tampered_images_records_no_detection_rate_rather_th
     from diffiml_cli.inference import SamplingOptions
 
     rows = [{"detection_score": score, "tampered": False} for score in np.linspace(0, 0.9, 20)]
-    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline: DatasetReport(metrics={}, per_image=rows))
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline, **_: DatasetReport(metrics={}, per_image=rows))
     pipeline = SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=False,
                                sampling=SamplingOptions(), predictor=SimpleNamespace(precision="fp32"))
     calibration, _ = module.calibrate([pipeline], [], target_far=0.1, gate=False)
