@@ -65,14 +65,14 @@ def localize(
                 progress.update(task, advance=1, last=visible(Path(result.image).name))
 
             summary = localize_files(images, pipeline, options, on_result=on_result, context=context,
-                                     should_stop=lambda: interrupted[0])
+                                     should_stop=lambda: bool(interrupted[0]))
     finally:
         context.close()
     if report and context.is_main and summary.stopped is None:
         from diffiml_cli.report import build_report
 
         stderr.print(f"report -> {markup_safe(build_report(out))}", soft_wrap=True)
-    _report(summary, out, time.perf_counter() - start, main=context.is_main)
+    _report(summary, out, time.perf_counter() - start, main=context.is_main, stop_signal=interrupted[0])
 
 
 def _progress(show: bool) -> Progress:
@@ -80,12 +80,15 @@ def _progress(show: bool) -> Progress:
                     TextColumn("{task.fields[last]}", markup=False), console=stderr, disable=not show)
 
 
-def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> None:
-    """The closing lines: counts, failures one per line, then the exit code (130 interrupted, 1 failures)."""
+def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool, stop_signal: int = 0) -> None:
+    """The closing lines: counts, failures one per line, then the exit code (128 + the signal's number when a
+    stop signal ended the run: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; 1 failures)."""
     counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
     if main:
+        left_out = f", {len(summary.not_analysed)} not analysed (see results.json)" if summary.not_analysed else ""
         stderr.print(f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
-                     f"{counts['failed']} failed in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}", soft_wrap=True)
+                     f"{counts['failed']} failed{left_out} in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}",
+                     soft_wrap=True)
     failures = [r for r in summary.results if r.status == "failed"]
     if failures:
         stderr.print("[red]failures:[/red]")
@@ -98,6 +101,6 @@ def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> No
     if summary.interrupted:
         stderr.print(f"interrupted: {counts['ok'] + counts['failed']} done, {summary.left} left; run the same "
                      "command again to finish", soft_wrap=True, markup=False)
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=128 + (stop_signal or 2))
     if failures:
         raise typer.Exit(code=1)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from diffiml_cli.batch.outputs import output_paths
-from diffiml_cli.data.readers import Pair, load_pair
+from diffiml_cli.data.readers import Pair, load_pair_with_form
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
@@ -71,6 +71,15 @@ class DatasetReport:
     per_image: list[dict] = field(default_factory=list)
     bad_pairs: list[BadPair] = field(default_factory=list)
 
+    @property
+    def mask_forms(self) -> dict[str, int]:
+        """How many masks were read in each form (image_io.MASK_FORMS), over the pairs that have one."""
+        forms: dict[str, int] = {}
+        for record in self.per_image:
+            if record.get("mask_form") is not None:
+                forms[record["mask_form"]] = forms.get(record["mask_form"], 0) + 1
+        return forms
+
 
 @dataclass
 class RobustnessLevel:
@@ -116,11 +125,12 @@ def parse_dataset_arg(text: str) -> tuple[str, str]:
     return name, spec
 
 
-def _load(index: int, pair: Pair, perturbation: Perturbation | None) -> tuple[int, Pair, np.ndarray, np.ndarray]:
-    image, mask = load_pair(pair)
+def _load(index: int, pair: Pair, perturbation: Perturbation | None
+          ) -> tuple[int, Pair, np.ndarray, tuple[np.ndarray, str | None]]:
+    image, mask, form = load_pair_with_form(pair)
     if perturbation is not None:
         image = perturbation(image, index)
-    return index, pair, image, mask
+    return index, pair, image, (mask, form)
 
 
 def _loaded_batches(pairs: Sequence[tuple[int, Pair]], perturbation: Perturbation | None, batch_size: int,
@@ -192,12 +202,13 @@ def evaluate_dataset(
         start = time.perf_counter()
         results = pipeline.predict_many([image for _, _, image, _ in batch], sampling)
         predict_seconds += time.perf_counter() - start
-        for (index, pair, _, mask), result in zip(batch, results):
+        for (index, pair, _, (mask, form)), result in zip(batch, results):
             one = MetricAccumulator()
             one.add(torch.from_numpy(result.probability), torch.from_numpy(mask), result.image_score,
                     threshold=pipeline.threshold, detection_score=result.detection_score,
                     predicted=torch.from_numpy(result.mask))
-            names = {"image": str(pair.image), "mask": None if pair.mask is None else str(pair.mask)}
+            names = {"image": str(pair.image), "mask": None if pair.mask is None else str(pair.mask),
+                     "mask_form": form}
             local.append((index, names, one.entries()[0], None))
             if save_predictions_dir is not None:
                 path = output_paths(pair.image, root, save_predictions_dir)["prob"]
