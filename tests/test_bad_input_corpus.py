@@ -85,6 +85,13 @@ def test_image_kind(kind_id, tiny_checkpoint, tmp_path):
         assert not out.exists()
         return
     document = json.loads((out / "results.json").read_text())
+    if kind.not_analysed is not None:
+        assert result.exit_code == 0, result.output
+        assert document["images"] == [] and not list(out.glob("*.png"))
+        assert document["not_analysed"] == [{"image": str(path), "reason": kind.not_analysed}]
+        assert "0 localized, 0 skipped (outputs exist; --overwrite redoes them), 0 failed, 1 not analysed" \
+            in result.stderr
+        return
     [entry] = document["images"]
     assert entry["image"] == str(path)
     if kind.error is None:
@@ -126,7 +133,12 @@ def test_batch_continues_past_every_bad_kind_and_loses_nothing(tiny_checkpoint, 
     entries = {entry["image"]: entry for entry in document["images"]}
     assert entries[str(earlier)]["status"] == "ok"  # the earlier run's entry is kept
     bad = {kind_id for kind_id in kinds if IMAGE_KINDS[kind_id].error is not None}
+    left_out = {kind_id for kind_id in kinds if IMAGE_KINDS[kind_id].not_analysed is not None}
+    assert sorted(item["image"] for item in document["not_analysed"]) == sorted(str(paths[k]) for k in left_out)
     for kind_id, path in paths.items():
+        if kind_id in left_out:
+            assert str(path) not in entries
+            continue
         kind, entry = IMAGE_KINDS[kind_id], entries[str(path)]
         if kind_id in bad:
             assert entry["status"] == "failed" and pattern(f"{path}: {kind.error}").fullmatch(cli_wording(entry["error"]))
@@ -137,7 +149,7 @@ def test_batch_continues_past_every_bad_kind_and_loses_nothing(tiny_checkpoint, 
     assert sorted(f["image"] for f in failures) == sorted(str(paths[kind_id]) for kind_id in bad)
     lines = result.stderr.splitlines()
     assert lines[-len(failures) - 1:] == ["failures:", *(f"  {cli_wording(f['error'])}" for f in failures)]
-    assert f"{len(paths) - len(bad)} localized, 0 skipped" in result.stderr
+    assert f"{len(paths) - len(bad) - len(left_out)} localized, 0 skipped" in result.stderr
     assert {p.name: p.read_bytes() for p in out.glob("*.png") if p.name in before} == before
     assert (out / "notes.txt").read_text() == "the analyst's notes"
 

@@ -124,10 +124,10 @@ def warn_if_emulated(precision: str, device: Any) -> None:
                      "bf16 is emulated and slower than fp32 here; --precision auto picks fp32 on it")
 
 
-@contextlib.contextmanager
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C; job schedulers and containers; a closed terminal
 
 
+@contextlib.contextmanager
 def stop_on_interrupt() -> Iterator[list[int]]:
     """Within the block, a first stop signal (SIGINT, SIGTERM or SIGHUP) only records its number in the list it
     yields ([0] until then), so the run can stop after the batch in flight and keep everything finished; a
