@@ -6,7 +6,7 @@ itself (through `LocalizationPipeline.predict_many`, as `localize` runs it, so p
 the maps back are timed too). FLOPs follow torch's counter: a multiply-add is 2 FLOPs and only matmul-like operators count;
 GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among them) call "FLOPs".
 
-Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T DDIM steps, `Predictor.predict`
+Per image, with V = 2 views under flip TTA (else 1), N ensemble members and T sampling steps, `Predictor.predict`
 runs the condition encoder V times, the condition's share of the denoiser's fuse conv V times, the rest of
 the denoiser T * N * V times (one batch, counted per member), and the mask VAE decoder V * (1 + N) times (the
 ensemble-mean latent, plus each member for the uncertainty map).
@@ -17,16 +17,16 @@ encoder; that is not a torch operator, so its work is in the timings but not in 
 Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in milliseconds):
 
     {
-      "schema_version": 3,
+      "schema_version": 4,
       "model": {"source": str, "random_init": bool, "image_size": int, "config": {...ModelConfig...}},
       "device": {"type": "cpu" | "cuda", "name": str, "precisions": [str], "compile": bool, "cpu_threads": int,
                  "torch": str, "native_bf16": bool},
-      "sampling": {"steps": int, "tta": bool, "seed": int},
+      "sampling": {"settings": [{"sampler": str, "steps": int}, ...], "tta": bool, "seed": int},
       "parameters": {"total": int, "encoder": int, "head": int, "denoiser": int, "vae": int},
-      "settings": [                                # one per (precision, ensemble, batch_size), in that order
+      "settings": [                 # one per (precision, sampler and steps, ensemble, batch_size), in that order
         {
-          "precision": "fp32" | "bf16" | "fp16", "ensemble": int, "batch_size": int,
-          "speedup_vs_fp32": float | null,         # fp32's median ms / this row's, when fp32 was measured too
+          "precision": "fp32" | "bf16" | "fp16", "sampler": str, "steps": int, "ensemble": int, "batch_size": int,
+          "speedup_vs_fp32": float | null,         # fp32's median ms / the row's of the same sampling, when measured
           "flops": {                               # `count_pipeline_flops`
             "image_size": int, "steps": int, "ensemble": int, "tta": bool, "views": int,
             "calls_per_image": {"encoder": int, "head": int, "condition_term": int, "denoiser": int,
@@ -74,7 +74,7 @@ from diffiml_cli.pipeline import LocalizationPipeline
 from diffiml_cli.timing import summarize, time_call_ms
 from diffiml_cli.vae_comparison import compare_vae
 
-SCHEMA_VERSION = 3  # 3: the condition_term part; denoiser_per_step without it
+SCHEMA_VERSION = 4  # 3: the condition_term part; denoiser_per_step without it. 4: rows per sampler and steps
 FLOP_PARTS = ("total", "encoder", "head", "denoiser", "denoiser_per_step", "condition_term", "vae_decode", "detector")
 
 NATIVE_BENCHMARK_SIZE = 512  # a native model's image_size is only its training window
@@ -241,6 +241,7 @@ def run_benchmark(
     precisions: Sequence[str] = ("fp32",),
     compile: bool = False,
     steps: int = SamplingOptions.steps,
+    samplings: Sequence[tuple[str | None, int]] | None = None,
     ensembles: Sequence[int] = (1, 5),
     batch_sizes: Sequence[int] = (1, 8),
     tta: bool = False,
@@ -250,8 +251,11 @@ def run_benchmark(
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Parameters, FLOPs and `LocalizationPipeline.predict_many` timings for every (precision, ensemble, batch
-    size), with each precision's speed-up over fp32 measured side by side in this run.
+    """Parameters, FLOPs and `LocalizationPipeline.predict_many` timings for every (precision, sampling, ensemble,
+    batch size), with each precision's speed-up over fp32 measured side by side in this run.
+
+    samplings: the (sampler, steps) settings timed side by side, e.g. [("ddim-leading", 8), ("ddim-trailing", 2)];
+    a None sampler is the checkpoint's. Default: the checkpoint's sampler at `steps`.
 
     `config.image_size` is the size benchmarked (it may differ from the size the weights were trained at; the
     networks are fully convolutional). With `compile`, the denoiser is compiled during the first warmup call of
@@ -264,8 +268,10 @@ def run_benchmark(
     if iters < 1:
         raise DiffimlError(f"`iters` must be at least 1, got {iters}")
     image_size = config.image_size
-    # Build the sampling options first: bad steps or ensemble sizes fail before any slow work.
-    options = {N: SamplingOptions(steps=steps, ensemble=N, tta=tta, seed=seed) for N in ensembles}
+    # Build the sampling options first: bad samplers, steps or ensemble sizes fail before any slow work.
+    timed = list(dict.fromkeys(SamplingOptions(sampler=sampler or config.diffusion.sampler_name, steps=count, tta=tta,
+                                               seed=seed) for sampler, count in samplings or [(None, steps)]))
+    options = [dataclasses.replace(sampling, ensemble=N) for sampling in timed for N in ensembles]
     vae_comparison = None
     if with_vae_comparison:
         progress(f"VAE comparison at {image_size}px")
@@ -275,7 +281,8 @@ def run_benchmark(
         config = dataclasses.replace(config, native_max_side=max(config.native_max_side, image_size))
     parameters = count_parameters(localizer)  # the checkpoint's, before the folding below changes them
     fold_batchnorm(localizer.eval())  # in place, as `load_localizer` runs it
-    flops = {N: count_pipeline_flops(localizer.to(device), image_size, steps, N, tta) for N in ensembles}
+    flops = {(count, N): count_pipeline_flops(localizer.to(device), image_size, count, N, tta)
+             for count, N in dict.fromkeys((option.steps, option.ensemble) for option in options)}
     settings, resolved = [], []  # resolved: each precision as the Predictor resolved it (auto -> bf16, ...)
     for precision in precisions:
         predictor = Predictor(localizer, config.diffusion, device=device, precision=precision, compile=compile)
@@ -288,33 +295,41 @@ def run_benchmark(
         "model": {"source": source, "random_init": random_init, "image_size": image_size,
                   "config": dataclasses.asdict(config)},
         "device": describe_device(device, resolved, compile),
-        "sampling": {"steps": steps, "tta": tta, "seed": seed},
+        "sampling": {"settings": [{"sampler": sampling.sampler, "steps": sampling.steps} for sampling in timed],
+                     "tta": tta, "seed": seed},
         "parameters": parameters,
         "settings": settings,
         "vae_comparison": vae_comparison,
     }
 
 
-def _time_precision(pipeline: LocalizationPipeline, options: dict[int, SamplingOptions], batch_sizes: Sequence[int],
-                    flops: dict[int, Any], *, warmup: int, iters: int, progress: Callable[[str], None]) -> list[dict]:
-    """One settings row per (ensemble size, batch size) for `pipeline`'s precision, at `config.image_size`."""
+def _time_precision(pipeline: LocalizationPipeline, options: Sequence[SamplingOptions], batch_sizes: Sequence[int],
+                    flops: dict[tuple[int, int], Any], *, warmup: int, iters: int, progress: Callable[[str], None]
+                    ) -> list[dict]:
+    """One settings row per (sampling options, batch size) for `pipeline`'s precision, at `config.image_size`;
+    flops: `count_pipeline_flops` by (steps, ensemble)."""
     rows = []
     precision, image_size = pipeline.predictor.precision, pipeline.config.image_size
-    for N, sampling in options.items():
+    for sampling in options:
+        N = sampling.ensemble
         for batch_size in batch_sizes:
-            progress(f"timing {precision}, N={N}, batch {batch_size}: {warmup} warmup + {iters} timed calls")
+            progress(f"timing {precision}, {sampling.sampler} {sampling.steps} steps, N={N}, batch {batch_size}: "
+                     f"{warmup} warmup + {iters} timed calls")
             timing = time_predict(pipeline, sampling, image_size=image_size, batch_size=batch_size, warmup=warmup,
                                   iters=iters)
-            rows.append({"precision": precision, "ensemble": N, "batch_size": batch_size, "flops": flops[N],
-                         "timing": timing, "speedup_vs_fp32": None})
+            rows.append({"precision": precision, "sampler": sampling.sampler, "steps": sampling.steps, "ensemble": N,
+                         "batch_size": batch_size, "flops": flops[sampling.steps, N], "timing": timing,
+                         "speedup_vs_fp32": None})
     return rows
 
 
 def _speedups(settings: list[dict]) -> None:
-    """Fill each row's speed-up over the fp32 row of the same (N, batch), when there is one."""
-    fp32 = {(r["ensemble"], r["batch_size"]): r["timing"]["ms_per_image"]["median"]
-            for r in settings if r["precision"] == "fp32"}
+    """Fill each row's speed-up over the fp32 row of the same (sampler, steps, N, batch), when there is one."""
+    def key(row: dict) -> tuple:
+        return row["sampler"], row["steps"], row["ensemble"], row["batch_size"]
+
+    fp32 = {key(r): r["timing"]["ms_per_image"]["median"] for r in settings if r["precision"] == "fp32"}
     for row in settings:
-        baseline = fp32.get((row["ensemble"], row["batch_size"]))
+        baseline = fp32.get(key(row))
         if baseline is not None:
             row["speedup_vs_fp32"] = baseline / row["timing"]["ms_per_image"]["median"]

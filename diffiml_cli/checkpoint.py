@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from torch import nn
 from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, atomic_write_bytes, remove_stale_temporaries
+from diffiml_cli.models.noiseprint import NoiseprintConfig
 
 FORMAT_VERSION = "1"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-MODEL_TYPES = {"localizer": ModelConfig, "mask_vae": MaskVAEConfig}
+MODEL_TYPES = {"localizer": ModelConfig, "mask_vae": MaskVAEConfig, "noiseprint": NoiseprintConfig}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
@@ -67,6 +69,10 @@ def save_state(directory: str | Path, state: dict[str, torch.Tensor], config: An
     if model_type is None:
         raise DiffimlError(f"cannot save a checkpoint for config type {type(config).__name__}")
     directory = Path(directory)
+    try:  # never write a checkpoint that loading would refuse (a NaN in the config would not even be JSON)
+        config_from_dict(type(config), dataclasses.asdict(config))
+    except DiffimlError as error:
+        raise DiffimlError(f"{directory}: not saved, its config is invalid: {error}") from None
     header = {"format": "diffiml", "format_version": FORMAT_VERSION, "model_type": model_type}
     header["config"] = dataclasses.asdict(config)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
@@ -175,7 +181,25 @@ def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[
     else:
         raise DiffimlError(f"{weights}: no diffiml config in its metadata or beside it in {CONFIG_NAME}")
     model_type, config = _parse_header(header, weights)
+    check_finite(state, weights)
     return model_type, config, state
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """A DiffimlError when a floating-point tensor of `state` holds a NaN or an infinity: a corrupted checkpoint
+    (a flipped bit, a diverged run) gives NaN maps and scores, which would otherwise read as "nothing found".
+
+    One cheap pass: 0 * x is 0 for every finite x and NaN for NaN and +-inf, so each tensor's sum of it tells.
+    """
+    floating = [(name, tensor) for name, tensor in state.items() if tensor.is_floating_point()]
+    if not floating:
+        return
+    sums = torch.stack([tensor.mul(0).sum().float() for _, tensor in floating])
+    if bool(torch.isfinite(sums).all()):
+        return
+    bad = [name for (name, _), total in zip(floating, sums.tolist()) if not math.isfinite(total)]
+    raise DiffimlError(f"{where}: {len(bad)} weight tensor{'s hold' if len(bad) > 1 else ' holds'} NaN or infinite "
+                       f"values (e.g. {bad[0]}): the checkpoint is corrupt; use another copy of it")
 
 
 def _load_pickle_checkpoint(weights: Path, *, allow_pickle: bool) -> tuple[str, Any, dict[str, torch.Tensor]]:
@@ -189,6 +213,7 @@ def _load_pickle_checkpoint(weights: Path, *, allow_pickle: bool) -> tuple[str, 
         raise DiffimlError(f"{weights}: a pickle checkpoint needs its {CONFIG_NAME} beside it")
     state = read_weights_file(weights)
     model_type, config = _parse_header(_read_json(config_path), weights)
+    check_finite(state, weights)
     return model_type, config, state
 
 

@@ -8,9 +8,12 @@ metadata), so a checkpoint always says how to rebuild the network that produced 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffiml_cli.diffusion.samplers import SamplerConfig
+from diffiml_cli.config_values import RANGES, check_sampling, check_value
 from diffiml_cli.errors import DiffimlError
 
 
@@ -90,7 +93,11 @@ class DenoiserConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The DDPM training schedule and the DDIM sampler's settings (diffusers' defaults, as the reference)."""
+    """The DDPM training schedule and the checkpoint's sampler (diffusers' defaults, as the reference).
+
+    `sampler` on the grid of `timestep_spacing` (`diffusion/samplers.py`) is what inference runs unless a run asks
+    for another (`SamplingOptions.sampler`); checkpoints older than the `sampler` field are DDIM ones.
+    """
 
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
@@ -99,8 +106,17 @@ class DiffusionConfig:
     clip_sample: bool = True
     # SD-scaled latents live in about [-1, 1]; a VAE with another latent scale needs another range.
     clip_sample_range: float = 1.0
-    set_alpha_to_one: bool = True
-    timestep_spacing: str = "leading"  # 8 steps -> 875, 750, ..., 125, 0
+    set_alpha_to_one: bool = True  # DDIM's last step returns x0 itself
+    timestep_spacing: str = "leading"  # 8 steps -> 875, 750, ..., 125, 0; 2 steps -> 500, 0
+    sampler: str = "ddim"  # an algorithm of diffusion/samplers.py (ddim, dpmsolver++)
+
+    def __post_init__(self) -> None:
+        SamplerConfig(self.sampler, self.timestep_spacing)  # validates both
+
+    @property
+    def sampler_name(self) -> str:
+        """The checkpoint's sampler, "ALGORITHM-SPACING" (e.g. "ddim-leading")."""
+        return SamplerConfig(self.sampler, self.timestep_spacing).name
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,8 @@ class CalibrationConfig:
     threshold: float  # an image is called manipulated when its detection score >= threshold
     target_far: float  # the authentic false-alarm rate the threshold was chosen for
     far: float  # the false-alarm rate it gave on the calibration set's authentic images (the highest over `rates`)
-    tpr: float  # the share of the set's tampered images it called manipulated (the lowest over `rates`)
+    # The share of the set's tampered images it called manipulated (the lowest over `rates`); None without any.
+    tpr: float | None
     n_authentic: int
     n_tampered: int
     data: str = ""  # what the calibration set was
@@ -131,9 +148,17 @@ class CalibrationConfig:
     # Reduced precision moves a detection score by up to about 1e-3, enough to carry an image across the threshold,
     # so the threshold is the highest of each precision's own and `target_far` holds in each.
     precision: str = ""
-    rates: tuple[tuple[str, float, float], ...] = ()  # (precision, far, tpr) at the threshold, one per precision
+    rates: tuple[tuple[str, float, float | None], ...] = ()  # (precision, far, tpr) at the threshold, one per precision
     # Whether `localize` empties the mask of an image called authentic unless told otherwise (--gate/--no-gate).
     gate: bool = False
+
+    def sampled_with(self, diffusion: DiffusionConfig) -> dict[str, Any]:
+        """The sampling settings the threshold was calibrated at, by name ({} when not recorded). A calibration older
+        than the sampler setting sampled with the checkpoint's own sampler (`diffusion`'s), which it names then."""
+        sampling = dict(self.sampling)
+        if sampling:
+            sampling.setdefault("sampler", diffusion.sampler_name)
+        return sampling
 
 
 @dataclass(frozen=True)
@@ -193,19 +218,30 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
-def config_from_dict(config_type: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from `dataclasses.asdict` output; unknown keys are an error."""
+def config_from_dict(config_type: type, data: dict[str, Any], path: str = "") -> Any:
+    """Rebuild a (nested) config dataclass from `dataclasses.asdict` output (JSON read from a checkpoint).
+
+    Unknown keys are an error, and so is every value of the wrong type or out of its range (`check_value`): a
+    checkpoint is a file that anyone can edit, and a threshold stored as "0.87" or NaN must not load. `path`
+    is the dotted name of `data` in the whole config ("calibration."), for messages.
+    """
     if not isinstance(data, dict):
         raise DiffimlError(f"{config_type.__name__}: expected a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(config_type)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise DiffimlError(f"{config_type.__name__}: unknown config keys {unknown}")
+    hints = typing.get_type_hints(config_type)
     values = {}
     for name, value in data.items():
         nested_type = _NESTED_TYPES.get((config_type, name))
-        nested = nested_type is not None and value is not None  # an optional part may be absent (None)
-        values[name] = config_from_dict(nested_type, value) if nested else _as_tuple(value)
+        if nested_type is not None and value is not None:
+            values[name] = config_from_dict(nested_type, value, f"{path}{name}.")
+            continue
+        values[name] = _as_tuple(value)  # a part given as null must be an optional one (`DetectorConfig | None`)
+        check_value(f"{path}{name}", values[name], hints[name], RANGES.get((config_type.__name__, name)))
+    if config_type is CalibrationConfig and "sampling" in values:
+        check_sampling(values["sampling"], f"{path}sampling")
     try:
         return config_type(**values)
     except TypeError as error:
@@ -220,3 +256,4 @@ _NESTED_TYPES = {
     (ModelConfig, "detector"): DetectorConfig,
     (ModelConfig, "calibration"): CalibrationConfig,
 }
+

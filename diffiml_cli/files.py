@@ -1,9 +1,10 @@
 """File safety: atomic writes, the temporaries a killed writer leaves, durable appends, and locks.
 
 Every file diffiml writes under a final name is written to `.<name>.<random>.tmp` beside it, flushed, fsynced
-and renamed over the name, so a reader never sees half a file. A writer killed mid-write leaves only such a
-temporary, which `remove_stale_temporaries` deletes before the next write of that name. Records that must
-survive a kill are appended whole, one line per record, and fsynced (`append_lines`). Two processes that share
+and renamed over the name, so a reader never sees half a file; the folder is fsynced after the rename, so that a
+power loss does not undo it. A writer killed mid-write leaves only such a temporary, which
+`remove_stale_temporaries` deletes before the next write of that name. Records that must survive a kill are
+appended whole, one line per record, and fsynced (`append_lines`). Two processes that share
 a folder take `locked(folder / LOCK_NAME)` around what must not interleave.
 """
 
@@ -61,10 +62,24 @@ def temporary_beside(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Have `write(temporary)` fill a temporary beside `path`, fsync it, then rename it over `path`.
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder, so that the names created or renamed in it survive a power loss (POSIX keeps a name in its
+    folder, not in the file: fsync(2)). Filesystems that cannot fsync a folder (EINVAL, ENOTSUP) are let be."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
-    On any failure the temporary is removed and the error propagates; `path` is untouched.
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Have `write(temporary)` fill a temporary beside `path`, fsync it, rename it over `path`, then fsync the
+    folder: after a power loss, `path` holds either its old contents or the new ones in full.
+
+    On any failure before the rename the temporary is removed and the error propagates; `path` is untouched.
     """
     path = Path(path)
     temporary = temporary_beside(path)  # the folder must exist: a missing one is the caller's error
@@ -77,6 +92,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -104,12 +120,16 @@ def remove_stale_temporaries(directory: str | Path, names: Sequence[str]) -> Non
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:
-    """Append whole lines to `path` with one write, then fsync: after a kill, every line appended before it is
-    there in full, and at most the last line of an interrupted append is cut short (readers skip it)."""
+    """Append whole lines to `path` with one write, then fsync (and the folder too when this created the file):
+    after a kill or a power loss, every line appended before it is there in full, and at most the last line of an
+    interrupted append is cut short (readers skip it)."""
     if not lines:
         return
     data = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
-    fd = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        fd, created = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL), True
+    except FileExistsError:
+        fd, created = _open_no_follow(path, os.O_WRONLY | os.O_APPEND), False
     try:
         written = 0
         while written < len(data):
@@ -117,6 +137,8 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:
+        _fsync_folder(Path(path).parent)
 
 
 @contextlib.contextmanager

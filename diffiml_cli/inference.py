@@ -7,9 +7,10 @@ no host-device sync inside the loop; CUDA runs in fp16 autocast.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from diffiml_cli.config import DiffusionConfig
-from diffiml_cli.diffusion.sampling import ddim_sample, make_scheduler
+from diffiml_cli.diffusion.samplers import sampler_name
+from diffiml_cli.diffusion.sampling import make_sampler, sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.localizer import Localizer
@@ -33,19 +35,26 @@ DEFAULT_PRECISION = "auto"
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How to sample: DDIM steps, ensemble size N, horizontal-flip TTA, and the noise seed.
+    """How to sample: the sampler and its steps, ensemble size N, horizontal-flip TTA, and the noise seed.
 
     The defaults, 2 steps and N = 6, were chosen on held-out synthetic validation as the setting with the fewest
     denoiser calls within 0.01 pixel F1 of the paper's 8 steps and N = 5 and within 0.45 s per 512² image on two
     CPU threads (weights/README.md, "3. The defaults"); the paper's remain a flag away.
+
+    sampler: a name of `diffusion/samplers.py` ("ddim", "ddim-trailing", "dpmsolver++", ...), kept in its canonical
+    "ALGORITHM-SPACING" form; None samples with the checkpoint's own (`DiffusionConfig.sampler_name`: "ddim-leading"
+    for every checkpoint so far), which `Predictor.resolve` names.
     """
 
     steps: int = 2
     ensemble: int = 6
     tta: bool = False
     seed: int = 0
+    sampler: str | None = None
 
     def __post_init__(self) -> None:
+        if self.sampler is not None:
+            object.__setattr__(self, "sampler", sampler_name(self.sampler))  # "ddim" -> "ddim-leading"
         if not 1 <= self.steps <= 1000:
             raise DiffimlError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.ensemble < 1:
@@ -148,7 +157,7 @@ class Predictor:
     """Runs a loaded localizer on batches of model-size images.
 
     precision: "fp32", "bf16" or "fp16" (CUDA only) autocast of the encoder, the denoiser and the decode of the N
-    members. The DDIM update, the ensemble average, its decode (the probability map), the spread of the members
+    members. The sampler's update, the ensemble average, its decode (the probability map), the spread of the members
     and the detector always run in fp32: the iterate x_t accumulates every step's update, and the decoded mean is
     compared with the threshold. The members' decodes only feed the uncertainty map and the detector's cell
     statistics, which reduced precision moves by at most a few thousandths (README.md, *Speed*).
@@ -166,6 +175,8 @@ class Predictor:
     ) -> None:
         self.precision = resolve_precision(precision, device)
         self.device = device
+        self.diffusion = diffusion
+        self._schedulers: dict[str, object] = {}  # by sampler name, built on first use
         self.localizer = localizer.eval().to(device)
         # The conv-heavy encoder and UNet run faster in NHWC on both CPU and GPU.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -178,7 +189,6 @@ class Predictor:
             segment = self.localizer.segment
             self.segment = torch.compile(segment, dynamic=False) if compile else segment
             return
-        self.scheduler = make_scheduler(diffusion)
         # The denoiser runs steps x (1 + TTA) times per batch with fixed shapes: the part worth compiling.
         denoise = self.localizer.denoiser.denoise
         self.denoise = torch.compile(denoise, dynamic=False) if compile else denoise
@@ -273,19 +283,45 @@ class Predictor:
                 predictions[index] = crop_prediction(batch, row, inputs[index].valid, self)
         return predictions  # type: ignore[return-value]
 
-    def _sample(self, condition: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
-        """condition (V*B, C, h, w) -> (probability, uncertainty), each (V*B, 1, 8h, 8w): Algorithm 2."""
+    def resolve(self, options: SamplingOptions) -> SamplingOptions:
+        """`options` with its sampler named: None becomes the checkpoint's (`DiffusionConfig.sampler_name`)."""
+        if options.sampler is not None:
+            return options
+        return dataclasses.replace(options, sampler=self.diffusion.sampler_name)
+
+    def scheduler(self, sampler: str | None) -> object:
+        """The diffusers scheduler of `sampler` (None: the checkpoint's) on this model's schedule, built once."""
+        name = sampler or self.diffusion.sampler_name
+        if name not in self._schedulers:
+            self._schedulers[name] = make_sampler(self.diffusion, name)
+        return self._schedulers[name]
+
+    def sample_latents(self, condition: torch.Tensor, options: SamplingOptions,
+                       on_x0: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """condition: (V, C, h, w), the encoder's output for V image views -> the N members' x0 latents
+        (V, N, latent channels, h, w) float32 (scaled: the VAE's latents times its scale), from `options`' seed,
+        sampler and steps; on_x0(t, x0_pred (V*N, latent channels, h, w)) sees every step's prediction.
+
+        The condition's share of the denoiser is computed once per view; all members run as one batch. Run it under
+        `torch.inference_mode()` or `torch.no_grad()`.
+        """
         N, views = options.ensemble, condition.shape[0]
         with self._autocast():  # the condition's share of the denoiser, once per view rather than per call
             term = self.localizer.denoiser.condition_term(condition)
-        # (V*B*N, W, h, w): one batch for all members. repeat_interleave returns NCHW; converting once here
+        # (V*N, W, h, w): one batch for all members. repeat_interleave returns NCHW; converting once here
         # spares the denoiser a conversion of its input at every step.
         term = term.repeat_interleave(N, dim=0).contiguous(memory_format=self.memory_format)
         x_T = self._initial_noise(views, N, condition.shape[-2:], options.seed)
         x_T = x_T.contiguous(memory_format=self.memory_format)  # as the latents the steps return
-        with self._autocast():  # the denoiser in the chosen precision; its x0 and the DDIM update in fp32
-            z0 = ddim_sample(lambda x_t, t: self.denoise(x_t, t, term).float(), x_T, self.scheduler, options.steps)
-        z0 = z0.float().unflatten(0, (views, N))  # (V*B, N, latent channels, h, w)
+        with self._autocast():  # the denoiser in the chosen precision; its x0 and the scheduler's update in fp32
+            z0 = sample(lambda x_t, t: self.denoise(x_t, t, term).float(), x_T, self.scheduler(options.sampler),
+                        options.steps, on_x0)
+        return z0.float().unflatten(0, (views, N))
+
+    def _sample(self, condition: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """condition (V*B, C, h, w) -> (probability, uncertainty), each (V*B, 1, 8h, 8w): Algorithm 2."""
+        views, N = condition.shape[0], options.ensemble
+        z0 = self.sample_latents(condition, options)  # (V*B, N, latent channels, h, w)
         probability = decoded_to_probability(self.localizer.decode_mask(z0.mean(dim=1)))
         with self._autocast():  # the members only feed the uncertainty: see the class docstring
             members = decoded_to_probability(self.localizer.decode_mask(z0.flatten(0, 1)).float())

@@ -132,7 +132,8 @@ class LocalizationPipeline:
         if not 0.0 <= threshold <= 1.0:
             raise DiffimlError(f"threshold must be in [0, 1], got {threshold}")
         self.predictor, self.config, self.source, self.model_card = predictor, config, source, model_card
-        self.sampling, self.threshold, self.batch_size = sampling, threshold, max(1, batch_size)
+        self.threshold, self.batch_size = threshold, max(1, batch_size)
+        self.sampling = predictor.resolve(sampling)  # the sampler named, as results.json and calibrations record it
         calibration = config.calibration
         self.gate = (calibration.gate if calibration is not None else False) if gate is None else gate
         if self.gate and calibration is None:
@@ -146,10 +147,11 @@ class LocalizationPipeline:
 
     # ----- prediction ---------------------------------------------------------------------------------------
     def predict(self, image: ImageLike, *, steps: int | None = None, ensemble: int | None = None,
-                tta: bool | None = None, seed: int | None = None) -> LocalizationResult:
+                tta: bool | None = None, seed: int | None = None, sampler: str | None = None) -> LocalizationResult:
         """One image (a path, a PIL image or an (H, W, 3) uint8 array) -> its LocalizationResult; sampling
         options left None take the pipeline's."""
-        changes = {k: v for k, v in dict(steps=steps, ensemble=ensemble, tta=tta, seed=seed).items() if v is not None}
+        changes = {k: v for k, v in dict(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler).items()
+                   if v is not None}
         return self.predict_many([as_rgb(image)], dataclasses.replace(self.sampling, **changes))[0]
 
     def predict_many(self, images: Sequence[np.ndarray], sampling: SamplingOptions | None = None

@@ -107,3 +107,27 @@ def parse_page(path: Path) -> PageParser:
 def page_data(page: PageParser) -> dict:
     """The JSON the report embeds for its script (the first script holding it)."""
     return json.loads(next(script for script in page.scripts if script.lstrip().startswith("{")))
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JavaScript's JSON.parse does."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def hostile_records(out: Path) -> list[dict]:
+    """fake_batch's records with what a hostile hand (or an older bug) could put in them: NaN, infinities, numbers
+    too large for a float, strings where numbers belong, missing keys and nested junk."""
+    records = json.loads((out / "results.json").read_text())["images"]
+    junk = [{"detection_score": float("nan"), "image_score": float("nan"), "manipulated_fraction": float("nan")},
+            {"detection_score": float("inf"), "image_score": float("-inf")},
+            {"detection_score": "0.9", "image_score": "high", "tiles": "3", "gated": "yes", "timings": "slow"},
+            {"detection_score": 10 ** 400, "manipulated_fraction": 1e400, "image_score": True},
+            {"detection_score": {"nested": [float("nan"), {"x": None}]}, "image_score": [0.5], "verdict": ["manipulated"],
+             "outputs": {"overlay": [1, 2], "mask": {"a": 1}}, "run_id": 7, "note": 3}]
+    for record, changes in zip(records, junk):
+        record.update(changes)
+    for key in ("detection_score", "image_score", "manipulated_fraction", "outputs", "verdict", "width", "tiles"):
+        records[5].pop(key, None)  # only "image" and "status" left, and a few others
+    return records

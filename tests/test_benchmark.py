@@ -42,13 +42,13 @@ def test_cli_json_schema():
     data = json.loads(result.stdout)  # stdout holds the JSON and nothing else
 
     assert set(data) == {"schema_version", "model", "device", "sampling", "parameters", "settings", "vae_comparison"}
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert data["model"]["source"] == "preset:test" and data["model"]["random_init"] is True
     assert data["model"]["image_size"] == 64 and data["model"]["config"]["image_size"] == 64
     assert data["device"]["type"] == "cpu" and data["device"]["precisions"] == ["fp32"] and data["device"]["compile"] is False
     assert isinstance(data["device"]["cpu_threads"], int) and data["device"]["cpu_threads"] >= 1
     assert isinstance(data["device"]["name"], str) and isinstance(data["device"]["torch"], str)
-    assert data["sampling"] == {"steps": 2, "tta": False, "seed": 0}
+    assert data["sampling"] == {"settings": [{"sampler": "ddim-leading", "steps": 2}], "tta": False, "seed": 0}
     params = data["parameters"]
     assert set(params) == {"total", "encoder", "head", "denoiser", "vae", "detector"}
     assert params["head"] == params["detector"] == 0
@@ -56,7 +56,8 @@ def test_cli_json_schema():
     assert params["total"] == params["encoder"] + params["denoiser"] + params["vae"]
     assert data["vae_comparison"] is None
 
-    assert [(s["precision"], s["ensemble"], s["batch_size"]) for s in data["settings"]] == [("fp32", 1, 1), ("fp32", 2, 1)]
+    assert [(s["precision"], s["sampler"], s["steps"], s["ensemble"], s["batch_size"]) for s in data["settings"]] == [
+        ("fp32", "ddim-leading", 2, 1, 1), ("fp32", "ddim-leading", 2, 2, 1)]
     assert all(s["speedup_vs_fp32"] == 1.0 for s in data["settings"])
     for setting in data["settings"]:
         flops = setting["flops"]
@@ -156,6 +157,39 @@ def test_cli_passes_options_to_the_library(monkeypatch):
     assert received["tta"] is True and received["with_vae_comparison"] is True
     assert received["compile"] is False
     assert (received["warmup"], received["iters"], received["steps"]) == (0, 4, SamplingOptions().steps)
+    assert received["samplings"] is None  # the checkpoint's sampler
+    result = CliRunner().invoke(app, [*args, "--steps", "3", "--sampler", "ddim:8, ddim-trailing:2,dpmsolver++"])
+    assert result.exit_code == 0, result.output
+    assert received["samplings"] == [("ddim-leading", 8), ("ddim-trailing", 2), ("dpmsolver++-trailing", 3)]
+
+
+def test_benchmark_shows_rows_for_each_sampler_and_steps_beside_eight_ddim_steps(test_localizer, monkeypatch):
+    calls = []
+    real_predict = Predictor.predict
+
+    def spy(self, images, options):
+        calls.append((options.sampler, options.steps, options.ensemble))
+        return real_predict(self, images, options)
+
+    monkeypatch.setattr(Predictor, "predict", spy)
+    result = run_benchmark(test_localizer, get_preset("test"), source="test", random_init=True,
+                           device=torch.device("cpu"), precisions=("fp32", "bf16"),
+                           samplings=[("ddim", 8), ("ddim-trailing", 2)], ensembles=(5, 6), batch_sizes=(1,),
+                           warmup=0, iters=1)
+    rows = [(r["precision"], r["sampler"], r["steps"], r["ensemble"]) for r in result["settings"]]
+    assert rows == [(precision, sampler, steps, N) for precision in ("fp32", "bf16")
+                    for sampler, steps in (("ddim-leading", 8), ("ddim-trailing", 2)) for N in (5, 6)]
+    assert calls == [(sampler, steps, N) for _ in range(2) for sampler, steps, N in
+                     (("ddim-leading", 8, 5), ("ddim-leading", 8, 6), ("ddim-trailing", 2, 5), ("ddim-trailing", 2, 6))]
+    for row in result["settings"]:  # each row's FLOPs are of its own steps, its speed-up of its own fp32 row
+        assert row["flops"]["steps"] == row["steps"]
+        assert row["flops"]["calls_per_image"]["denoiser"] == row["steps"] * row["ensemble"]
+        fp32 = next(r for r in result["settings"] if r["precision"] == "fp32" and r["sampler"] == row["sampler"]
+                    and r["steps"] == row["steps"] and r["ensemble"] == row["ensemble"])
+        median = row["timing"]["ms_per_image"]["median"]
+        assert row["speedup_vs_fp32"] == pytest.approx(fp32["timing"]["ms_per_image"]["median"] / median)
+    assert result["sampling"]["settings"] == [{"sampler": "ddim-leading", "steps": 8},
+                                              {"sampler": "ddim-trailing", "steps": 2}]
 
 
 @pytest.mark.parametrize(
@@ -163,6 +197,8 @@ def test_cli_passes_options_to_the_library(monkeypatch):
     [
         (["--ensemble", "1,x"], "comma-separated integers >= 1"),
         (["--batch-size", "0"], "comma-separated integers >= 1"),
+        (["--sampler", "ddim:0"], "comma-separated integers >= 1"),
+        (["--sampler", "euler:2"], "unknown sampler"),
     ],
 )
 def test_cli_rejects_bad_lists(args, message):

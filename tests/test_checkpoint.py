@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import diffiml_cli
 from diffiml_cli.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
@@ -110,3 +111,85 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path, tiny_checkpoint):
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(DiffimlError, match="safetensors"):
         load_model(tmp_path)
+
+
+def _pickle_checkpoint(folder, tiny_checkpoint):
+    """The tiny checkpoint's weights as `model.pth`, its config.json beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(load_checkpoint(tiny_checkpoint)[2], folder / "model.pth")
+    (folder / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
+    return folder / "model.pth"
+
+
+PUBLIC_LOADERS = {
+    "load_localizer": lambda source, **options: diffiml_cli.load_localizer(source, device="cpu", **options),
+    "load_model": load_model,
+    "load_mask_vae": load_mask_vae,
+    "load_checkpoint": load_checkpoint,
+}
+
+
+@pytest.mark.parametrize("loader", PUBLIC_LOADERS)
+def test_every_public_loader_refuses_pickle_by_default(tmp_path, tiny_checkpoint, loader):
+    weights = _pickle_checkpoint(tmp_path, tiny_checkpoint)
+    with pytest.raises(DiffimlError, match="`allow_pickle=True`"):
+        PUBLIC_LOADERS[loader](weights)
+    PUBLIC_LOADERS[loader](weights, allow_pickle=True)  # asked for: loaded, weights only
+
+
+@pytest.mark.parametrize("command", ["localize", "evaluate", "calibrate", "benchmark"])
+def test_every_command_refuses_pickle_unless_allow_pickle_is_given(tmp_path, tiny_checkpoint, command):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    weights = _pickle_checkpoint(tmp_path / "ckpt", tiny_checkpoint)
+    data = tmp_path / "data"
+    for folder in ("Tp", "Gt", "Au"):
+        (data / folder).mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(data / "Tp" / "t.png")
+    Image.new("L", (32, 32), 255).save(data / "Gt" / "t.png")
+    Image.new("RGB", (32, 32)).save(data / "Au" / "a.png")
+    target = {"localize": [str(data / "Au" / "a.png")], "evaluate": ["-d", str(data)], "calibrate": ["-d", str(data)],
+              "benchmark": []}[command]
+    args = [command, *target, "-c", str(weights), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    if command == "benchmark":
+        args = [command, "-c", str(weights), "--device", "cpu", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "--allow-pickle" in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+
+
+def _with_header(tmp_path, tiny_checkpoint, change, *, in_metadata: bool):
+    """A copy of the tiny checkpoint whose diffiml header went through `change`, in the safetensors metadata or
+    (without metadata) in config.json beside the weights."""
+    from safetensors.torch import save_file
+
+    header = json.loads((tiny_checkpoint / "config.json").read_text())
+    change(header)
+    state = load_checkpoint(tiny_checkpoint)[2]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if in_metadata:
+        save_file(state, tmp_path / "model.safetensors", metadata={"diffiml": json.dumps(header)})
+    else:
+        save_file(state, tmp_path / "model.safetensors")
+        (tmp_path / "config.json").write_text(json.dumps(header))
+    return tmp_path
+
+
+@pytest.mark.parametrize("in_metadata", [True, False], ids=["metadata", "config.json"])
+@pytest.mark.parametrize("version", ["2", "0", "1.1", 1, None, "missing"])
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path, tiny_checkpoint, version, in_metadata):
+    def change(header):
+        if version == "missing":
+            del header["format_version"]
+        else:
+            header["format_version"] = version
+
+    source = _with_header(tmp_path / "ckpt", tiny_checkpoint, change, in_metadata=in_metadata)
+    for loader in PUBLIC_LOADERS.values():
+        with pytest.raises(DiffimlError, match="checkpoint format"):
+            loader(source)
+    unchanged = _with_header(tmp_path / "same", tiny_checkpoint, lambda header: None, in_metadata=in_metadata)
+    assert load_model(unchanged)[1] == load_model(tiny_checkpoint)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from diffiml_cli.cli.app import app
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.report import build_report, read_metadata
 from diffiml_cli.report.metadata import estimate_jpeg_quality
-from report_fixtures import fake_batch, page_data, parse_page, write_results
+from report_fixtures import fake_batch, hostile_records, page_data, parse_page, strict_json, write_results
 
 runner = CliRunner()
 
@@ -273,3 +274,53 @@ def test_run_settings_name_the_calibration_and_the_precisions_it_was_scored_in()
     assert "threshold 0.8088" in line and "on cal: /sets/cal, scored in bf16,fp32" in line
     older = dict(run_settings({"calibration": {**calibration, "precision": ""}}))["Calibration"]
     assert older.endswith("on cal: /sets/cal")  # configs from before the field say nothing of it
+
+
+def test_a_page_of_nan_infinite_and_junk_records_holds_strict_json_and_shows_missing_scores(tmp_path):
+    scores = {f"img_{index}.png": round(0.1 + 0.1 * index, 2) for index in range(8)}
+    out = fake_batch(tmp_path, scores)
+    records = hostile_records(out)
+    write_results(out, records)  # json.dumps writes NaN and Infinity as the bare words: not JSON
+    assert "NaN" in (out / "results.json").read_text()
+    page = parse_page(build_report(out))
+    data = strict_json(next(script for script in page.scripts if script.lstrip().startswith("{")))
+    assert len(data["rows"]) == len(records) == 8
+    by_name = {row["d"]["name"]: row for row in data["rows"]}
+    for record in records[:6]:  # none of their scores is a finite number: missing, sorted last
+        row = by_name[_shown(record["image"])]
+        assert row["k"][0] is None and not any(label == "Detection score" for label, _ in row["d"]["details"])
+    assert [by_name[_shown(r["image"])]["k"][0] for r in records[6:]] == [0.7, 0.8]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    score_cells = {int(i): cell for i, cell in re.findall(r'<tr data-i="(\d+)".*?<td class="num">(.*?)</td>', html, re.S)}
+    assert len(score_cells) == 8
+    for index, row in enumerate(data["rows"]):  # a missing score is shown as missing, a score as itself
+        assert score_cells[index] == "—" if row["k"][0] is None else f"{row['k'][0]:.3f}" in score_cells[index]
+
+
+HOSTILE_FAILURES = ['<img src=x onerror=alert(1)>.png', 'x</script><script>alert(2)</script>.png',
+                    '"quoted" and \'single\' & <b>bold</b>.jpg']
+
+
+def test_hostile_names_in_the_failed_inputs_list_and_the_detail_view_stay_text(tmp_path):
+    out = fake_batch(tmp_path, {"fine.png": 0.4})
+    failures = [{"image": str(tmp_path / "inputs" / name), "status": "failed", "outputs": {},
+                 "error": f"{tmp_path / 'inputs' / name}: cannot decode <script>alert(3)</script> \"{name}\""}
+                for name in HOSTILE_FAILURES]
+    write_results(out, _records(out) + failures)
+    report = build_report(out)
+    page = parse_page(report)
+    html = report.read_text(encoding="utf-8")
+    tags = [tag for tag, _ in page.elements]
+    assert set(tags) <= OUR_TAGS and tags.count("script") == 3
+    assert all(attrs.get("class") in ("thumb", "full") for tag, attrs in page.elements if tag == "img")
+    assert not [name for _, attrs in page.elements for name in attrs if name.startswith("on")]
+    assert "<img src=x" not in html and "<script>alert" not in html and "</script><script>" not in html
+    assert "<b>bold" not in html
+    text = "".join(page.text)
+    assert f"Failed inputs ({len(HOSTILE_FAILURES)})" in text
+    rows = {row["d"]["name"]: row["d"] for row in strict_json(page.scripts[1])["rows"]}
+    for failure, name in zip(failures, HOSTILE_FAILURES):
+        reason = f"cannot decode <script>alert(3)</script> \"{name}\""
+        assert f"{_shown(failure['image'])}: {reason}" in text  # the list shows both as text, once unescaped
+        detail = rows[_shown(failure["image"])]  # the detail view sets these with textContent
+        assert detail["error"] == reason and detail["badge"] == "failed"

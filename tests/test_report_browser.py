@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from diffiml_cli.report import build_report
-from report_fixtures import fake_batch
+from report_fixtures import fake_batch, hostile_records, write_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = '"><img src=x onerror=window.pwned=1>.png'
@@ -177,3 +177,31 @@ def test_sorting_filtering_and_detail_view_in_chromium(tmp_path, browser):
     screenshot = tmp_path / "report.png"
     screenshot.write_bytes(base64.b64decode(shot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+
+
+def test_a_page_of_nan_and_junk_records_still_renders_sorts_and_shows_a_hostile_failure_as_text(tmp_path, browser):
+    """One NaN in the embedded data made JSON.parse throw, and the page's script stopped: no rows, no sorting."""
+    out = fake_batch(tmp_path, {f"img_{index}.png": round(0.1 + 0.1 * index, 2) for index in range(8)})
+    name = str(tmp_path / "inputs" / HOSTILE)
+    reason = "cannot decode <img src=x onerror=window.pwned=2> </script>"
+    write_results(out, hostile_records(out) + [{"image": name, "status": "failed", "error": f"{name}: {reason}"}])
+    browser.open(build_report(out).as_uri())
+
+    initial = browser.evaluate(ROWS)
+    assert len(initial) == 9 and initial[:2] == ["0.800", "0.700"]  # the two finite scores first
+    assert initial[2:] == [None] * 7  # every missing score after them
+    assert browser.evaluate("Array.from(document.querySelectorAll('#rows tr td.num:nth-of-type(5)'))"
+                            ".map(td => td.textContent)")[2:] == ["—"] * 7
+    browser.click("th[data-sort=score] button")
+    browser.wait_for(f"JSON.stringify({ROWS}) !== {json.dumps(json.dumps(initial, separators=(',', ':')))}")
+    assert browser.evaluate(ROWS)[:2] == ["0.700", "0.800"]
+
+    browser.click("th[data-sort=name] button")
+    assert len(browser.evaluate(NAMES)) == 9
+    assert browser.evaluate("document.querySelector('#failures .err').textContent") == reason
+    browser.click("#rows tr[data-i] .err")  # the failed row: its detail view
+    browser.wait_for("document.getElementById('detail').open")
+    assert browser.evaluate("document.getElementById('detail-name').textContent") == name
+    assert browser.evaluate("document.getElementById('detail-error').textContent") == reason
+    assert browser.evaluate("window.pwned === undefined && "
+                            "document.querySelectorAll('img:not(.thumb):not(.full)').length === 0")

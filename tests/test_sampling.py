@@ -1,11 +1,11 @@
-"""DDIM sampling (Algorithm 2): the timestep grid, determinism, ensembles and TTA."""
+"""Sampling (Algorithm 2): the samplers and their timestep grids, determinism, ensembles and TTA."""
 
 from __future__ import annotations
 
 import torch
 
 from diffiml_cli.config import DiffusionConfig
-from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, ddim_sample, make_scheduler, sampling_timesteps
+from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler, sample, sampling_timesteps
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.build import load_model
 from diffiml_cli.models.mask_vae import decoded_to_probability
@@ -20,10 +20,10 @@ def test_ddim_grid_for_8_steps_is_the_reference_leading_grid():
 
 def test_ddim_with_a_perfect_x0_model_returns_x0_and_clips_to_the_configured_range():
     target = torch.full((2, 8, 4, 4), 0.5)
-    result = ddim_sample(lambda x_t, t: target, torch.randn(2, 8, 4, 4), make_scheduler(DiffusionConfig()), 8)
+    result = sample(lambda x_t, t: target, torch.randn(2, 8, 4, 4), make_scheduler(DiffusionConfig()), 8)
     torch.testing.assert_close(result, target)  # set_alpha_to_one: the last step is x0_pred itself
     wide = torch.full((1, 8, 4, 4), 3.0)
-    clipped = ddim_sample(lambda x_t, t: wide, torch.randn(1, 8, 4, 4), make_scheduler(DiffusionConfig(clip_sample_range=2.0)), 4)
+    clipped = sample(lambda x_t, t: wide, torch.randn(1, 8, 4, 4), make_scheduler(DiffusionConfig(clip_sample_range=2.0)), 4)
     assert torch.allclose(clipped, torch.full_like(wide, 2.0))
 
 
@@ -34,7 +34,7 @@ def test_ddim_passes_each_grid_timestep_to_the_model_for_the_whole_batch():
         seen.append(t.clone())
         return torch.zeros_like(x_t)
 
-    ddim_sample(model, torch.randn(3, 8, 2, 2), make_scheduler(DiffusionConfig()), 4)
+    sample(model, torch.randn(3, 8, 2, 2), make_scheduler(DiffusionConfig()), 4)
     assert [t.tolist() for t in seen] == [[750] * 3, [500] * 3, [250] * 3, [0] * 3]
 
 
@@ -105,7 +105,7 @@ def test_condition_term_once_per_view_gives_the_masks_of_the_full_denoiser_at_ev
         views = torch.cat([images, images.flip(-1)])
         condition = predictor.localizer.encoder(views).repeat_interleave(3, dim=0)
         x_T = predictor._initial_noise(4, 3, condition.shape[-2:], options.seed)
-        z0 = ddim_sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, predictor.scheduler, options.steps)
+        z0 = sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, predictor.scheduler(None), options.steps)
         mean = predictor.localizer.decode_mask(z0.unflatten(0, (4, 3)).mean(dim=1))
         expected = decoded_to_probability(mean)
     expected = torch.maximum(expected[:2], expected[2:].flip(-1))

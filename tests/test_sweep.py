@@ -47,9 +47,11 @@ def test_every_cell_equals_a_plain_evaluate_at_its_settings(tiny_checkpoint, dat
     options = EvaluateOptions()
     visited = []
     document = sampling_sweep(dataset, pipeline, steps_values=[1, 2], ensemble_values=[1, 3], seeds=[0, 1], tta=False,
-                              options=options, on_cell=lambda *cell: visited.append(cell))
-    assert visited == [(s, n, seed) for s in (1, 2) for n in (1, 3) for seed in (0, 1)]
-    assert [(c["steps"], c["ensemble"]) for c in document["cells"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+                              options=options, on_cell=visited.append)
+    assert visited == [SamplingOptions(sampler="ddim-leading", steps=s, ensemble=n, seed=seed)
+                       for s in (1, 2) for n in (1, 3) for seed in (0, 1)]
+    assert [(c["sampler"], c["steps"], c["ensemble"]) for c in document["cells"]] == [
+        ("ddim-leading", 1, 1), ("ddim-leading", 1, 3), ("ddim-leading", 2, 1), ("ddim-leading", 2, 3)]
     cell = document["cells"][3]["datasets"]["set"]
     assert set(cell) == set(SWEEP_METRICS)
     for seed in (0, 1):  # each seed's value is what a plain evaluate with that seed gives
@@ -63,6 +65,7 @@ def test_every_cell_equals_a_plain_evaluate_at_its_settings(tiny_checkpoint, dat
     assert json.loads(paths["json"].read_text())["cells"][0]["steps"] == 1
     rows = list(csv.DictReader(paths["csv"].open()))
     assert len(rows) == 4 and rows[3]["steps"] == "2" and rows[3]["ensemble"] == "3" and rows[3]["dataset"] == "set"
+    assert rows[3]["sampler"] == "ddim-leading"
     assert float(rows[3]["pixel_f1_mean"]) == pytest.approx(cell["pixel_f1"]["mean"])
 
 
@@ -90,6 +93,15 @@ def test_evaluate_cli_sweeps_and_rejects_bad_grids(tiny_checkpoint, tmp_path, da
     assert [(c["steps"], c["ensemble"]) for c in document["cells"]] == [(1, 2), (2, 2)]
     assert document["seeds"] == [0, 3] and len(document["cells"][0]["datasets"]["set"]["pixel_f1"]["values"]) == 2
     assert "pixel_f1: mean ± std over seeds 0, 3" in result.output
+
+    result = runner.invoke(app, [*base, "--sweep-sampler", "ddim,dpmsolver++", "--sweep-steps", "1,2", "--ensemble", "1"])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert document["samplers"] == ["ddim-leading", "dpmsolver++-trailing"]
+    assert [(c["sampler"], c["steps"]) for c in document["cells"]] == [
+        ("ddim-leading", 1), ("ddim-leading", 2), ("dpmsolver++-trailing", 1), ("dpmsolver++-trailing", 2)]
+    result = runner.invoke(app, [*base, "--sweep-sampler", "ddim,euler"])
+    assert result.exit_code == 2 and "--sweep-sampler" in result.output
 
     result = runner.invoke(app, [*base, "--sweep-steps", "1,x"])
     assert result.exit_code == 2 and "--sweep-steps" in result.output

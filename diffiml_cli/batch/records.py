@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from diffiml_cli.files import append_lines, atomic_write_bytes, locked  # records are ASCII JSON: \u escapes keep any name exact
+from diffiml_cli.jsonsafe import finite_json
 
 RESULTS_JSON = "results.json"
 RESULTS_JSONL = "results.jsonl"
@@ -79,7 +80,7 @@ def read_records(out_dir: Path) -> list[dict]:
         return []
     try:
         document = json.loads((out_dir / RESULTS_JSON).read_text(encoding="utf-8"))
-        return _parse(json.dumps(entry) for entry in document.get("images", []))
+        return _parse(json.dumps(finite_json(entry), allow_nan=False) for entry in document.get("images", []))
     except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return []  # absent, or an unreadable old file: replaced, not trusted
 
@@ -121,7 +122,8 @@ def append_records(out_dir: Path, results: Sequence[ImageResult]) -> None:
     """Append `results` to results.jsonl durably (one write, fsync) under the folder's lock."""
     if results:
         with locked(out_dir / LOCK_NAME):
-            append_lines(out_dir / RESULTS_JSONL, [json.dumps(r.record()) for r in results])
+            append_lines(out_dir / RESULTS_JSONL,
+                         [json.dumps(finite_json(r.record()), allow_nan=False) for r in results])
 
 
 def rebuild_results_json(out_dir: Path, run_info: dict, not_analysed: Sequence[dict] = ()) -> dict:
@@ -131,7 +133,8 @@ def rebuild_results_json(out_dir: Path, run_info: dict, not_analysed: Sequence[d
     with locked(out_dir / LOCK_NAME):
         records = read_records(out_dir)
         if records and not (out_dir / RESULTS_JSONL).exists():
-            append_lines(out_dir / RESULTS_JSONL, [json.dumps(entry) for entry in records])
+            append_lines(out_dir / RESULTS_JSONL,
+                         [json.dumps(finite_json(entry), allow_nan=False) for entry in records])
         images = list(latest_by_image(records).values())
         document = {
             "run": run_info,
@@ -139,6 +142,6 @@ def rebuild_results_json(out_dir: Path, run_info: dict, not_analysed: Sequence[d
             "failures": [{"image": e["image"], "error": e.get("error")} for e in images if e["status"] == "failed"],
             "not_analysed": list(not_analysed),
         }
-        data = (json.dumps(document, indent=2) + "\n").encode()
+        data = (json.dumps(finite_json(document), indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out_dir / RESULTS_JSON, data)
     return document

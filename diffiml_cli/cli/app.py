@@ -65,7 +65,7 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from diffiml_cli.cli import benchmark, calibrate, convert, distill_vae, evaluate, localize, report, train
+    from diffiml_cli.cli import benchmark, calibrate, convert, distill_noiseprint, distill_vae, evaluate, localize, report, train
 
     app.command(name="localize")(localize.localize)
     app.command(name="benchmark")(benchmark.benchmark)
@@ -75,6 +75,7 @@ def _register() -> None:
     app.command(name="calibrate")(calibrate.calibrate)
     app.command(name="report")(report.report)
     app.command(name="convert")(convert.convert)
+    app.command(name="distill-noiseprint")(distill_noiseprint.distill_noiseprint)
 
 
 _register()

@@ -19,6 +19,7 @@ from diffiml_cli.cli.common import (
     StepsOption,
     TtaOption,
     parse_int_list,
+    parse_sampler,
     stderr,
     warn_if_emulated,
 )
@@ -37,6 +38,12 @@ def benchmark(
                                  "model, which runs at each image's size.", min=32)
     ] = None,
     steps: StepsOption = SAMPLING.steps,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated samplers to time side by side, each NAME[:STEPS] (as localize's --sampler; "
+                     "STEPS defaults to --steps), e.g. ddim:8,ddim-trailing:2 for the paper's 8 DDIM steps beside 2 "
+                     "trailing ones. Default: the checkpoint's sampler."),
+    ] = None,
     ensemble: Annotated[str, typer.Option(help="Comma-separated ensemble sizes N to time.")] = "1,5",
     tta: TtaOption = False,
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes (images per call) to time.")] = "1,8",
@@ -55,8 +62,13 @@ def benchmark(
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print only the JSON result to stdout.")] = False,
     allow_pickle: AllowPickleOption = False,
+    noiseprint: Annotated[list[str] | None, typer.Option(
+        "--noiseprint", help="Also time a Noiseprint front end at the same size (a `convert --noiseprint` folder, "
+        "a LightNP student, or noiseprint++.th); repeatable, side by side.")] = None,
 ) -> None:
-    """Measure parameters, GFLOPs per image and images/s of the inference path for each (precision, N, batch)."""
+    """Measure parameters, GFLOPs per image and images/s of the inference path for each (precision, sampler and
+    steps, N, batch)."""
+    samplings = parse_samplings(sampler, steps) if sampler else None
     ensembles = parse_int_list(ensemble, "--ensemble")
     batch_sizes = parse_int_list(batch_size, "--batch-size")
     localizer, config, source = benchmark_model(checkpoint, preset, image_size=image_size, allow_pickle=allow_pickle)
@@ -73,6 +85,7 @@ def benchmark(
         precisions=list(dict.fromkeys(precisions)),
         compile=compile,
         steps=steps,
+        samplings=samplings,
         ensembles=ensembles,
         batch_sizes=batch_sizes,
         tta=tta,
@@ -81,10 +94,29 @@ def benchmark(
         with_vae_comparison=compare_vae,
         on_progress=None if json_output else lambda message: stderr.print(f"[dim]{message}[/dim]"),
     )
+    if noiseprint:  # the front ends' rows, at the same image size on the same device
+        from diffiml_cli.cli.noiseprint_options import noiseprint_rows, render_noiseprint
+
+        result["noiseprint"] = noiseprint_rows(noiseprint, result, torch_device, warmup=warmup, iters=iters,
+                                              quiet=json_output)
     if json_output:
         print(json.dumps(result, indent=2))
     else:
         _render(result, Console())
+        if noiseprint:
+            render_noiseprint(result["noiseprint"], Console())
+
+
+def parse_samplings(text: str, steps: int) -> list[tuple[str, int]]:
+    """'ddim:8,ddim-trailing:2' -> [("ddim-leading", 8), ("ddim-trailing", 2)]; an item without :STEPS takes
+    `steps`. A bad name or step count is a usage error (exit 2) naming --sampler."""
+    samplings = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, count = item.partition(":")
+        samplings.append((parse_sampler(name, "--sampler"), parse_int_list(count, "--sampler")[0] if count else steps))
+    if not samplings:
+        raise typer.BadParameter(f"expected comma-separated NAME[:STEPS] items, got {text!r}", param_hint="--sampler")
+    return samplings
 
 
 def _g(value: float) -> str:
@@ -100,11 +132,11 @@ _PARAM_PARTS = {"encoder": "enc", "head": "head", "denoiser": "den", "vae": "vae
 
 
 def _render(result: dict[str, Any], console: Console) -> None:
-    """A few lines of context, then a table with one row per (N, batch) setting."""
+    """A few lines of context, then a table with one row per (precision, sampler and steps, N, batch) setting."""
     model, dev, sampling, params = result["model"], result["device"], result["sampling"], result["parameters"]
     console.print(
-        f"[bold]{model['source']}[/bold] at {model['image_size']}px, {sampling['steps']} DDIM steps, "
-        f"TTA {'on' if sampling['tta'] else 'off'}; {dev['type']} ({dev['name']}), "
+        f"[bold]{model['source']}[/bold] at {model['image_size']}px, TTA {'on' if sampling['tta'] else 'off'}; "
+        f"{dev['type']} ({dev['name']}), "
         f"{dev['cpu_threads']} CPU threads, {', '.join(dev['precisions'])}"
         f"{', compiled denoiser' if dev['compile'] else ''}, torch {dev['torch']}"
     )
@@ -115,7 +147,7 @@ def _render(result: dict[str, Any], console: Console) -> None:
         console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
 
     table = Table(caption="per image; a MAC is 2 FLOPs; times are median [25th–75th percentile]")
-    for column in ("precision", "N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
+    for column in ("precision", "sampler", "steps", "N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
                    "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s", "speed-up\nvs fp32"):
         table.add_column(column, justify="right")
     millions = {part: n / 1e6 for part, n in params.items()}
@@ -126,6 +158,8 @@ def _render(result: dict[str, Any], console: Console) -> None:
         speedup = setting["speedup_vs_fp32"]
         table.add_row(
             setting["precision"],
+            setting["sampler"],
+            str(setting["steps"]),
             str(setting["ensemble"]),
             str(setting["batch_size"]),
             f"{_g(millions['total'])}\n{parts}",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
-                                    EnsembleOption, SeedOption, StepsOption, open_pipeline, stderr)
+                                    EnsembleOption, SamplerOption, SeedOption, StepsOption, open_pipeline, stderr)
 from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.evaluation.calibration import calibrate as choose, write_calibrated
+from diffiml_cli.evaluation.calibration import calibrate as choose, check_copy_target, write_calibrated
 from diffiml_cli.evaluation.datasets import load_datasets
 from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
 
@@ -25,6 +26,7 @@ def calibrate(
                                               min=0.0, max=0.99)] = 0.05,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Whether localize empties the masks of images the "
                                        "verdict calls authentic, unless told otherwise.")] = False,
+    sampler: SamplerOption = SAMPLING.sampler,
     steps: StepsOption = SAMPLING.steps,
     ensemble: EnsembleOption = SAMPLING.ensemble,
     seed: SeedOption = SAMPLING.seed,
@@ -38,15 +40,18 @@ def calibrate(
     """Score the calibration set, pick the lowest detection threshold whose authentic false-alarm rate is at most
     --target-far in every listed precision, and write the checkpoint with that threshold (and --gate) in its
     config; weights unchanged."""
+    check_copy_target(checkpoint or default_checkpoint(), out)  # before scoring the set, which takes a while
     (name, (spec, pairs)), = load_datasets([data]).items()
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed, sampler=sampler)
     pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,
                                sampling=sampling, batch_size=batch_size, gate=False, calibrating=True)
                  for each in dict.fromkeys(precision.split(",")))  # one model loaded at a time
     calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
     write_calibrated(checkpoint or default_checkpoint(), calibration, out)
     for precision_name, far, tpr in calibration.rates:
+        detected = "no tampered images" if tpr is None else f"detected {tpr:.3f} of {calibration.n_tampered} tampered"
+        auc = reports[precision_name].metrics.get("image_auc")
+        auc_text = f"{auc:.3f}" if isinstance(auc, float) and math.isfinite(auc) else "n/a (one class only)"
         stderr.print(f"{precision_name}: false alarms {far:.3f} of {calibration.n_authentic} authentic images "
-                     f"(target {target_far:g}), detected {tpr:.3f} of {calibration.n_tampered} tampered; image AUC "
-                     f"{reports[precision_name].metrics['image_auc']:.3f}", soft_wrap=True)
+                     f"(target {target_far:g}), {detected}; image AUC {auc_text}", soft_wrap=True)
     stderr.print(f"threshold {calibration.threshold:.4f} -> {markup_safe(out)}", soft_wrap=True)

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from diffiml_cli.diffusion.samplers import example as sampler_examples, sampler_name
 from diffiml_cli.distributed import rank_device
+from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions, bf16_is_emulated
 from diffiml_cli.pipeline import DEFAULT_TILE_OVERLAP, LocalizationPipeline, load_localizer
 
@@ -27,7 +29,14 @@ CheckpointOption = Annotated[
         "Default: the checkpoint shipped in weights/.",
     ),
 ]
-StepsOption = Annotated[int, typer.Option(help="DDIM sampling steps (sigma = 0).", min=1, max=1000)]
+StepsOption = Annotated[int, typer.Option(help="Sampling steps: denoiser calls per noise sample, on the sampler's "
+                                           "timestep grid.", min=1, max=1000)]
+SamplerOption = Annotated[
+    str | None,
+    typer.Option(help=f"The sampler, ALGORITHM[-SPACING] ({sampler_examples()}; ddim alone is ddim-leading): how the "
+                 "steps walk from noise to the mask, and on which timestep grid. Default: the checkpoint's "
+                 "(ddim-leading for the shipped one).", callback=lambda value: sampler_option(value)),
+]
 EnsembleOption = Annotated[int, typer.Option(help="Noise samples N, run as one batch; their latents are averaged.", min=1)]
 TtaOption = Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict the mirrored image and merge by max.")]
 ThresholdOption = Annotated[float, typer.Option(help="Probability at or above which a pixel counts as manipulated.", min=0.0, max=1.0)]
@@ -71,6 +80,35 @@ def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
     return values
 
 
+def parse_sampler(text: str, option: str) -> str:
+    """A sampler name or alias -> its canonical name ("ddim" -> "ddim-leading"), else a usage error (exit 2)."""
+    try:
+        return sampler_name(text)
+    except DiffimlError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
+    """'ddim,ddim-trailing' -> ["ddim-leading", "ddim-trailing"], else a usage error (exit 2) naming the option."""
+    names = [parse_sampler(item, option) for item in text.split(",") if item.strip()]
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated sampler names, got {text!r}", param_hint=option)
+    return names
+
+
+def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
+    """'ddim,ddim-trailing' -> ["ddim-leading", "ddim-trailing"], else a usage error (exit 2) naming the option."""
+    names = [parse_sampler(item, option) for item in text.split(",") if item.strip()]
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated sampler names, got {text!r}", param_hint=option)
+    return names
+
+
+def sampler_option(value: str | None) -> str | None:
+    """--sampler's check: None stays None (the checkpoint's sampler), a name becomes its canonical form."""
+    return None if value is None else parse_sampler(value, "--sampler")
+
+
 def precision_of(precision: str, fp16: bool) -> str:
     """--fp16 is kept as an alias of --precision fp16."""
     return "fp16" if fp16 else precision
@@ -90,19 +128,22 @@ def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAU
 
 
 def warn_if_uncalibrated_sampling(pipeline: LocalizationPipeline) -> None:
-    """One line on stderr when the run samples with other steps, N or TTA than the threshold was calibrated at:
-    the detection scores' distribution moves with them (the seed does not count), so its false-alarm rate was not
-    measured there."""
+    """One line on stderr when the run samples with another sampler, steps, N or TTA than the threshold was
+    calibrated at: the detection scores' distribution moves with them (the seed does not count), so its false-alarm
+    rate was not measured there. A calibration older than the sampler setting sampled with the checkpoint's own."""
     calibration = pipeline.config.calibration
     if calibration is None or not calibration.sampling:
         return
-    calibrated, run = dict(calibration.sampling), dataclasses.asdict(pipeline.sampling)
-    differ = [name for name in ("steps", "ensemble", "tta") if name in calibrated and calibrated[name] != run[name]]
+    calibrated = calibration.sampled_with(pipeline.config.diffusion)
+    run = dataclasses.asdict(pipeline.sampling)
+    differ = [name for name in ("sampler", "steps", "ensemble", "tta")
+              if name in calibrated and calibrated[name] != run[name]]
     if differ:
         at = ", ".join(f"{name} {calibrated[name]}" for name in differ)
         now = ", ".join(f"{name} {run[name]}" for name in differ)
         stderr.print(f"[yellow]warning:[/] the verdict's threshold was calibrated at {at}, not {now}; its "
-                     "false-alarm rate is not measured for this sampling (diffiml calibrate --steps --ensemble)")
+                     "false-alarm rate is not measured for this sampling (diffiml calibrate --sampler --steps "
+                     "--ensemble)")
 
 
 def warn_if_uncalibrated_precision(pipeline: LocalizationPipeline) -> None:

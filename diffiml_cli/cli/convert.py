@@ -19,9 +19,19 @@ def convert(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the converted checkpoint.")],
     vae: Annotated[Path | None, typer.Option(help="The official LightVAE (light_vae_weights.pth): needed when the "
                                              "checkpoint holds no vae.* tensors, else checked against them.")] = None,
+    noiseprint: Annotated[bool, typer.Option("--noiseprint", help="The file is TruFor's noiseprint++.th (GRIP-UNINA, "
+                                             "non-profit licence): write it as a noiseprint checkpoint for "
+                                             "`localize --noiseprint OUT`.")] = False,
 ) -> None:
     """Map the official weights strictly onto the `paper` preset and write them to --out, for --checkpoint OUT.
     Every official tensor must find its place and every one of ours be filled, or nothing is written."""
+    if noiseprint:
+        from diffiml_cli.models.noiseprint import convert_teacher
+
+        convert_teacher(localizer, out)
+        stderr.print(f"converted {markup_safe(localizer)} -> {markup_safe(out)}; use it with --noiseprint "
+                     f"{markup_safe(out)} (GRIP-UNINA's licence: non-profit use only, cite TruFor)", soft_wrap=True)
+        return
     model, config = load_official(localizer, vae)
     save_checkpoint(out, model, config)
     stderr.print(f"converted {markup_safe(localizer)} -> {markup_safe(out)}; use it with --checkpoint "

@@ -11,8 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
                                     DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SeedOption, StepsOption, ThresholdOption, TileOption,
-                                    TileOverlapOption, TtaOption, open_pipeline, parse_int_list, stderr)
+                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
+                                    TileOverlapOption, TtaOption, open_pipeline, parse_int_list,
+                                    parse_sampler_list, stderr)
 from diffiml_cli.cli.display import markup_safe
 from diffiml_cli.cli.tables import evaluate_help, print_metrics, print_sweep
 from diffiml_cli.distributed import init_distributed
@@ -31,6 +32,7 @@ def evaluate(
     checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.json, metrics.csv, "
                                       "per_image.csv and robustness_<kind>.png.")] = Path("diffiml-eval"),
+    sampler: SamplerOption = SAMPLING.sampler,
     steps: StepsOption = SAMPLING.steps,
     ensemble: EnsembleOption = SAMPLING.ensemble,
     tta: TtaOption = SAMPLING.tta,
@@ -50,7 +52,10 @@ def evaluate(
                                                    "each of the paper's levels.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N pairs of each dataset, in the spec's order "
                                               "(a folder lists Tp/ before Au/); for a quick look.", min=1)] = None,
-    sweep_steps: Annotated[str | None, typer.Option(help="Comma-separated DDIM steps to sweep: evaluate every "
+    sweep_sampler: Annotated[str | None, typer.Option(help="Comma-separated samplers to sweep (names as --sampler): "
+                                                      "evaluate every (sampler, steps, N) cell once per --seeds seed; "
+                                                      "writes sweep.json and sweep.csv.")] = None,
+    sweep_steps: Annotated[str | None, typer.Option(help="Comma-separated sampling steps to sweep: evaluate every "
                                                     "(steps, N) pair once per --seeds seed; writes sweep.json and sweep.csv.")] = None,
     sweep_ensemble: Annotated[str | None, typer.Option(help="Comma-separated ensemble sizes N to sweep.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated sampling seeds of a sweep (default: --seed).")] = None,
@@ -59,12 +64,13 @@ def evaluate(
 ) -> None:
     kinds = parse_kinds(robustness)
     grid = None
-    if sweep_steps or sweep_ensemble or seeds:
+    if sweep_sampler or sweep_steps or sweep_ensemble or seeds:
         grid = SweepGrid(steps=parse_int_list(sweep_steps, "--sweep-steps") if sweep_steps else [steps],
                          ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [ensemble],
-                         seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [seed], tta=tta)
+                         seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [seed], tta=tta,
+                         samplers=parse_sampler_list(sweep_sampler) if sweep_sampler else [sampler])
     datasets = load_datasets(data, limit)
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
     pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
                              sampling=sampling, resolution=resolution, threshold=threshold, gate=gate, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size)
@@ -74,7 +80,7 @@ def evaluate(
     run_info = {**pipeline.run_info(), "batch_size": batch_size, "limit": limit, "robustness": list(kinds),
                 "data": {name: spec for name, (spec, _) in datasets.items()}}
     pairs = {name: pairs for name, (_, pairs) in datasets.items()}
-    passes = (len(grid.steps) * len(grid.ensembles) * len(grid.seeds) if grid else
+    passes = (len(grid.samplers) * len(grid.steps) * len(grid.ensembles) * len(grid.seeds) if grid else
               1 + sum(len(PERTURBATION_LEVELS[kind]) for kind in kinds))
     try:
         with _progress(context.is_main) as progress:
@@ -111,7 +117,7 @@ def _progress(show: bool) -> Progress:
 def _finish(report, out: Path, json_output: bool, threshold: float, run_info: dict) -> None:
     written = write_report(report, out, threshold=threshold, run_info=run_info)
     if json_output:
-        typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2))
+        typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2, allow_nan=False))
     else:
         print_metrics(report, threshold)
     _print_mask_forms(report)
@@ -122,7 +128,7 @@ def _finish(report, out: Path, json_output: bool, threshold: float, run_info: di
 def _finish_sweep(document: dict, out: Path, json_output: bool, grid: SweepGrid) -> None:
     written = write_sweep(document, out)
     if json_output:
-        typer.echo(json.dumps(jsonable(document), indent=2))
+        typer.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))
     else:
         print_sweep(document, [name for name in document["cells"][0]["datasets"]], grid.seeds)
     stderr.print(f"wrote {markup_safe(', '.join(str(p) for p in written.values()))}", soft_wrap=True)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffiml_cli.batch import RESULTS_JSON, ImageResult, LocalizeOptions, RunSummary, localize_files, prepare_out_dir
 from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
                                     DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SeedOption, StepsOption, ThresholdOption, TileOption,
+                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
                                     TileOverlapOption, TtaOption, open_pipeline, stderr, stop_on_interrupt)
 from diffiml_cli.cli.display import markup_safe, visible
 from diffiml_cli.distributed import init_distributed
@@ -24,6 +24,7 @@ def localize(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("diffiml-out"),
+    sampler: SamplerOption = SAMPLING.sampler,
     steps: StepsOption = SAMPLING.steps,
     ensemble: EnsembleOption = SAMPLING.ensemble,
     tta: TtaOption = SAMPLING.tta,
@@ -43,11 +44,16 @@ def localize(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write <out>/report.html, the case report "
                                          "of every image in --out (as `diffiml report` does).")] = False,
+    noiseprint: Annotated[bool, typer.Option("--noiseprint", help="Also write <stem>_noiseprint.png, the camera-trace "
+                                             "map at full resolution (GRIP-UNINA's licence: non-profit use only).")] = False,
+    noiseprint_weights: Annotated[str | None, typer.Option(help="With --noiseprint: the extractor, a noiseprint "
+                                                           "checkpoint (default: the shipped LightNP, weights/lightnp) "
+                                                           "or noiseprint++.th itself.")] = None,
 ) -> None:
     """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
     images = list_images(inputs)
     prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed)
+    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
     pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
                              sampling=sampling, compile=compile, resolution=resolution, threshold=threshold,
                              gate=gate, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size)
@@ -68,6 +74,10 @@ def localize(
                                      should_stop=lambda: bool(interrupted[0]))
     finally:
         context.close()
+    if noiseprint and context.is_main and summary.stopped is None and not summary.interrupted:
+        from diffiml_cli.cli.noiseprint_options import write_views
+
+        write_views(summary, noiseprint_weights, overwrite=overwrite, max_pixels=max_pixels)
     if report and context.is_main and summary.stopped is None:
         from diffiml_cli.report import build_report
 

@@ -66,16 +66,16 @@ def print_metrics(report: EvaluationReport, threshold: float) -> None:
 
 
 def print_sweep(document: dict, datasets: list[str], seeds: list[int]) -> None:
-    """One table per swept metric: mean ± std over seeds, one row per (steps, N)."""
+    """One table per swept metric: mean ± std over seeds, one row per (sampler, steps, N)."""
     console = _console()
     for key in SWEEP_METRICS:
         console.print(f"{key}: mean ± std over seeds {', '.join(map(str, seeds))}", soft_wrap=True)
         table = Table()
-        for column in ("steps", "N", *(markup_safe(name) for name in datasets)):
+        for column in ("sampler", "steps", "N", *(markup_safe(name) for name in datasets)):
             table.add_column(column, justify="right")
         for cell in document["cells"]:
             values = [cell["datasets"][name][key] for name in datasets]
-            table.add_row(str(cell["steps"]), str(cell["ensemble"]),
+            table.add_row(str(cell.get("sampler")), str(cell["steps"]), str(cell["ensemble"]),
                           *(f"{number(v['mean'])} ± {number(v['std'])}" for v in values))
         console.print(table)
 

@@ -32,7 +32,6 @@ from torch import nn
 from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.augment import crop_at_native_resolution
 from diffiml_cli.data.synthetic import SyntheticManipulations
-from diffiml_cli.diffusion.sampling import ddim_sample
 from diffiml_cli.distillation.targets import BATCH_NORM_STREAM, TRAIN_STREAM, TrainingTargets, reconstruction_report
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
@@ -88,7 +87,8 @@ def sampler_latents(predictor: Predictor, windows: list[np.ndarray], sampling: S
                     seed: int) -> torch.Tensor:
     """Raw (unscaled) mask latents the sampler decodes for each window: (len(windows) * per_image, 4, h, w).
 
-    Per window: the ensemble mean, the N members, then x0 predictions of member 0 at random steps.
+    Per window (with a seed drawn from `seed`): the ensemble mean, the N members, then x0 predictions of member 0
+    at random steps, as `predictor.sample_latents` samples them.
     """
     localizer = predictor.localizer
     mask_channels = localizer.vae.config.latent_channels
@@ -96,16 +96,11 @@ def sampler_latents(predictor: Predictor, windows: list[np.ndarray], sampling: S
     collected = []
     for window in windows:
         image = torch.from_numpy(window.copy()).permute(2, 0, 1)[None].float().div(255.0)
-        condition = localizer.encoder(image).repeat_interleave(sampling.ensemble, dim=0)
-        x_T = predictor._initial_noise(1, sampling.ensemble, condition.shape[-2:], int(rng.integers(2**31)))
+        options = dataclasses.replace(sampling, seed=int(rng.integers(2**31)))
         steps: list[torch.Tensor] = []
-
-        def x0_model(x_t, t):
-            x0 = localizer.denoiser(x_t, t, condition)
-            steps.append(x0[:1, :mask_channels].clamp(-1, 1))
-            return x0
-
-        z0 = ddim_sample(x0_model, x_T, predictor.scheduler, sampling.steps)[:, :mask_channels]
+        z0 = predictor.sample_latents(localizer.encoder(image), options,
+                                      on_x0=lambda t, x0: steps.append(x0[:1, :mask_channels].clamp(-1, 1)))
+        z0 = z0[0, :, :mask_channels]  # (N, mask channels, h, w)
         early = [steps[int(i)] for i in rng.integers(0, max(1, len(steps) - 1), per_image)]
         latents = torch.cat([z0.mean(dim=0, keepdim=True), z0, *early])[:per_image]
         collected.append(latents / localizer.latent_scale)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from diffiml_cli.checkpoint import load_checkpoint, save_state
+from diffiml_cli.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, resolve_checkpoint, save_state
 from diffiml_cli.config import CalibrationConfig
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
@@ -65,13 +66,17 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
         raise DiffimlError("calibrate: no precision to score the set in")
     scores = {name: _scores_by_class(report) for name, report in reports.items()}
     threshold = max(threshold_for_far(authentic, target_far) for authentic, _ in scores.values())
+    if threshold > 1.0:  # just above an authentic score of 1.0: no score could ever reach it
+        raise DiffimlError(f"calibrate: more than {target_far:g} of the authentic images score 1.0, the highest "
+                           "detection score, so no threshold keeps their false alarms within `target_far`")
     rates = tuple((name, float(np.mean(authentic >= threshold)),
-                   float(np.mean(tampered >= threshold)) if tampered.size else math.nan)
+                   float(np.mean(tampered >= threshold)) if tampered.size else None)  # None: no tampered image
                   for name, (authentic, tampered) in scores.items())
+    detected = [tpr for _, _, tpr in rates if tpr is not None]
     authentic, tampered = next(iter(scores.values()))
     calibration = CalibrationConfig(
         threshold=threshold, target_far=target_far, far=max(far for _, far, _ in rates),
-        tpr=min(tpr for _, _, tpr in rates), n_authentic=authentic.size, n_tampered=tampered.size, data=data,
+        tpr=min(detected) if detected else None, n_authentic=authentic.size, n_tampered=tampered.size, data=data,
         sampling=tuple(sorted(dataclasses.asdict(sampling).items())), precision=",".join(reports), rates=rates,
         gate=gate,
     )
@@ -85,8 +90,21 @@ def _scores_by_class(report: DatasetReport) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(authentic, np.float64), np.asarray(tampered, np.float64)
 
 
+def check_copy_target(source: str | Path, out_dir: str | Path) -> None:
+    """A DiffimlError when writing a copy of the checkpoint at `source` into `out_dir` would overwrite it: the same
+    folder (also through a symbolic link), or a weights or config file there that is (or links to) one of its own."""
+    weights = resolve_checkpoint(source)
+    own = {os.path.realpath(weights), os.path.realpath(weights.parent / CONFIG_NAME)}
+    written = {os.path.realpath(Path(out_dir) / name) for name in (WEIGHTS_NAME, CONFIG_NAME)}
+    if os.path.realpath(out_dir) == os.path.realpath(weights.parent) or own & written:
+        raise DiffimlError(f"`out_dir` {out_dir} holds the checkpoint being calibrated ({source}), which the calibrated "
+                           "copy would overwrite; give another `out_dir`")
+
+
 def write_calibrated(source: str | Path, calibration: CalibrationConfig, out_dir: str | Path) -> Path:
-    """A copy of the checkpoint at `source` (weights unchanged, dtypes kept) whose config has `calibration`."""
+    """A copy of the checkpoint at `source` (weights unchanged, dtypes kept) whose config has `calibration`, written
+    to `out_dir`, which must not hold `source` itself (`check_copy_target`)."""
+    check_copy_target(source, out_dir)
     model_type, config, state = load_checkpoint(source)
     if model_type != "localizer":
         raise DiffimlError(f"{source}: a {model_type} checkpoint has no detector")

@@ -22,6 +22,7 @@ from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
 from diffiml_cli.evaluation.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS
 from diffiml_cli.evaluation.scoring import AVERAGE_DEFINITION, METRIC_KEYS, EvaluationReport, RobustnessLevel
 from diffiml_cli.files import atomic_write_bytes
+from diffiml_cli.jsonsafe import finite_json
 
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
@@ -49,15 +50,7 @@ def metric_definitions(threshold: float) -> dict[str, str]:
     return {key: text.replace("0.5", f"{threshold:g}") for key, text in METRIC_DEFINITIONS.items()}
 
 
-def jsonable(value):
-    """nan and infinities -> None (JSON has no NaN); nested containers are converted recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    return value
+jsonable = finite_json  # nan and infinities -> None (JSON has no NaN), through nested containers
 
 
 def report_document(report: EvaluationReport, *, threshold: float, run_info: Mapping | None = None) -> dict:
@@ -154,7 +147,7 @@ def write_report(report: EvaluationReport, out_dir: Path, *, threshold: float,
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": out_dir / METRICS_JSON, "csv": out_dir / METRICS_CSV, "per_image": out_dir / PER_IMAGE_CSV}
     document = report_document(report, threshold=threshold, run_info=run_info)
-    atomic_write_bytes(written["json"], (json.dumps(document, indent=2) + "\n").encode())
+    atomic_write_bytes(written["json"], (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
     atomic_write_bytes(written["csv"], csv_bytes(["dataset", "perturbation", "level", *METRIC_KEYS],
                                                   _metrics_rows(report)))
     per_image = [(name, record) for name, r in report.datasets.items() for record in r.per_image]

@@ -30,8 +30,9 @@ from PIL import Image
 from diffiml_cli.version import __version__
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, locked, require_inside
+from diffiml_cli.jsonsafe import finite_json
 from diffiml_cli.report.cache import StatCache
-from diffiml_cli.report.rows import RowSources, build_row, input_root, printable
+from diffiml_cli.report.rows import RowSources, build_row, finite_number, input_root, printable
 from diffiml_cli.report.thumbnails import ThumbnailStore
 
 REPORT_HTML = "report.html"
@@ -75,7 +76,8 @@ def _valid(entry: object) -> bool:
 
 
 def _percent(value: object) -> str:
-    return f"{100 * value:.1f} %" if isinstance(value, (int, float)) else "?"
+    number = finite_number(value)
+    return "?" if number is None else f"{100 * number:.1f} %"
 
 
 def run_settings(run: dict) -> list[tuple[str, str]]:
@@ -85,7 +87,9 @@ def run_settings(run: dict) -> list[tuple[str, str]]:
     lines = [
         ("Checkpoint", run.get("checkpoint")),
         ("Model card", run.get("model_card") or "none beside the checkpoint"),
-        ("DDIM steps", sampling.get("steps")),
+        # results.json older than the sampler setting sampled with DDIM on the checkpoint's grid, which it did not name
+        ("Sampler", sampling.get("sampler") or ("DDIM" if "steps" in sampling else None)),
+        ("Sampling steps", sampling.get("steps")),
         ("Ensemble N", sampling.get("ensemble")),
         ("Mirror TTA", {True: "on", False: "off"}.get(sampling.get("tta"))),
         ("Seed", sampling.get("seed")),
@@ -133,14 +137,17 @@ def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters["csp_hash"] = csp_hash
+    # `tojson` must write JSON that JSON.parse reads: a NaN that got past `_page_data` is an error here, not a page
+    # whose script stops at its first line.
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "allow_nan": False}
     return environment
 
 
 def _page_data(rows: list[dict]) -> dict:
     """What the inline script reads: per row its sort key, search text and detail view."""
     detail_fields = ("name", "badge", "badge_text", "full", "details", "notes", "error")
-    return {"page_size": PAGE_SIZE,
-            "rows": [{"k": row["key"], "q": row["search"], "d": {f: row[f] for f in detail_fields}} for row in rows]}
+    return finite_json({"page_size": PAGE_SIZE, "rows": [{"k": row["key"], "q": row["search"],
+                                                          "d": {f: row[f] for f in detail_fields}} for row in rows]})
 
 
 def render(context: dict, path: Path) -> None:

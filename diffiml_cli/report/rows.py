@@ -9,12 +9,14 @@ inert HTML, and URLs from `relative_url`, which are percent-encoded relative pat
 
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from diffiml_cli.noiseprint_view import noiseprint_png
 from diffiml_cli.report.cache import StatCache, signature
 from diffiml_cli.report.metadata import FileMetadata, read_metadata
 from diffiml_cli.report.thumbnails import Thumbnail, ThumbnailStore
@@ -108,8 +110,16 @@ def human_size(size: int | None) -> str:
     return ""
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def finite_number(value: object) -> float | None:
+    """A record's score or fraction as a finite float; None (shown as missing) for anything else: a record is a
+    file anyone can edit, and NaN, an infinity or 1e400 would not survive the page's JSON."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 BADGE_TITLES = {
@@ -165,8 +175,8 @@ def _metadata_details(metadata: FileMetadata) -> list[tuple[str, str]]:
 def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
     """The detail view's (label, value) lines about what localize found."""
     lines = []
-    detection, image = _number(entry.get("detection_score")), _number(entry.get("image_score"))
-    fraction = _number(entry.get("manipulated_fraction"))
+    detection, image = finite_number(entry.get("detection_score")), finite_number(entry.get("image_score"))
+    fraction = finite_number(entry.get("manipulated_fraction"))
     if detection is not None:
         lines.append(("Detection score", f"{detection:.3f}"))
     if image is not None:
@@ -175,7 +185,7 @@ def _score_details(entry: dict, badge: str) -> list[tuple[str, str]]:
         lines.append(("Verdict", {"none": "none (no calibrated detector)"}.get(badge, badge)))
     if fraction is not None:
         lines.append(("Manipulated fraction", f"{100 * fraction:.2f} % of the pixels"))
-    if entry.get("gated"):
+    if entry.get("gated") is True:
         lines.append(("Mask", "emptied: the detector called the image authentic (gate)"))
     if isinstance(entry.get("tiles"), int) and entry["tiles"] > 1:
         lines.append(("Tiles", f"{entry['tiles']} (run at full resolution)"))
@@ -208,6 +218,9 @@ def _files(entry: dict, input_path: Path, metadata: FileMetadata, sources: RowSo
                 found[kind] = None  # an unreadable output is not linked as if it could be viewed
     for kind in FULL_KINDS:
         full[kind] = relative_url(found[kind], sources.out_dir) if found[kind] is not None else None
+    view = noiseprint_png(found["mask"]) if found["mask"] is not None else None  # localize --noiseprint's view
+    shown = view is not None and view.is_file() and not view.is_symlink()
+    full["noiseprint"] = relative_url(view, sources.out_dir) if shown else None
     if full["original"] is not None and metadata.format not in BROWSER_FORMATS:
         full["original"] = thumbs["original"]["url"] if thumbs["original"] else None
         if metadata.format:
@@ -244,9 +257,9 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     notes = [printable(note) for note in metadata.notes] + notes
     if isinstance(entry.get("note"), str):
         notes.append(printable(entry["note"]))
-    detection, image_score = _number(entry.get("detection_score")), _number(entry.get("image_score"))
+    detection, image_score = finite_number(entry.get("detection_score")), finite_number(entry.get("image_score"))
     score = detection if detection is not None else image_score
-    fraction = _number(entry.get("manipulated_fraction"))
+    fraction = finite_number(entry.get("manipulated_fraction"))
     name = printable(image)
     format_text = f"{metadata.format} · {metadata.width} × {metadata.height}" if metadata.format else ""
     if metadata.jpeg_quality is not None:

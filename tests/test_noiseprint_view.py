@@ -1,0 +1,67 @@
+"""`localize --noiseprint` writes <stem>_noiseprint.png at the image's size; the report shows it in the detail
+panel. Random small weights (the map's content is not judged here: tests/test_noiseprint.py does that with the real
+weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffiml_cli.checkpoint import save_checkpoint
+from diffiml_cli.cli.app import app
+from diffiml_cli.models.noiseprint import build_noiseprint, student_config
+from diffiml_cli.noiseprint_view import noiseprint_png
+from report_fixtures import page_data, parse_page
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small_noiseprint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = student_config(layers=3, width=8)
+    return save_checkpoint(tmp_path_factory.mktemp("np-small"), build_noiseprint(config), config)
+
+
+def test_localize_writes_the_view_and_the_report_shows_it(tiny_checkpoint, small_noiseprint, image_folder, tmp_path,
+                                                          one_thread):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--steps", "1", "--ensemble", "1", "--noiseprint", "--noiseprint-weights",
+                                 str(small_noiseprint), "--report"])
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.output and "non-profit" in result.output
+    for source in sorted(image_folder.iterdir()):
+        view = out / f"{source.stem}_noiseprint.png"
+        with Image.open(view) as png, Image.open(source) as original:
+            assert png.mode == "L" and png.size == original.size
+            assert np.asarray(png).std() > 0  # stretched, not one flat level
+    page = parse_page(out / "report.html")
+    figures = [attrs for tag, attrs in page.elements if tag == "figure" and attrs.get("data-panel") == "noiseprint"]
+    assert len(figures) == 1
+    urls = sorted(row["d"]["full"]["noiseprint"] for row in page_data(page)["rows"])
+    assert urls == ["a_noiseprint.png", "b_noiseprint.png", "c_noiseprint.png"]
+
+    before = (out / "a_noiseprint.png").stat().st_mtime_ns  # a rerun keeps the views unless --overwrite
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--noiseprint", "--noiseprint-weights", str(small_noiseprint)])
+    assert result.exit_code == 0 and "0 written" in result.output
+    assert (out / "a_noiseprint.png").stat().st_mtime_ns == before
+
+
+def test_report_without_views_has_no_noiseprint_urls(tiny_checkpoint, image_folder, tmp_path, one_thread):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--steps", "1", "--ensemble", "1", "--report"])
+    assert result.exit_code == 0, result.output
+    assert all(row["d"]["full"]["noiseprint"] is None for row in page_data(parse_page(out / "report.html"))["rows"])
+
+
+def test_view_name_is_beside_the_mask():
+    assert noiseprint_png("out/sub/photo.v2_mask.png") == Path("out/sub/photo.v2_noiseprint.png")
+    assert noiseprint_png("out/photo_prob.png") is None
