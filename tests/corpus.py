@@ -411,8 +411,58 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "out-is-a-file": ("--out names an existing file", "exit 1, `error: <out>: the output folder exists and is not a folder`"),
     "nested-folders": ("input folder with sub-folders", "exit 0, outputs mirror the sub-folders under --out"),
     "debug-traceback": ("bad manifest with DIFFIML_DEBUG=1", "exit 1 with a full Python traceback ending in DiffimlError"),
+    # The whole-run cases of the evidence-integrity review (tests/test_evidence_integrity.py, tests/test_batch.py).
+    "predict-raises": ("the model raises on one image of a batch", "exit 1, `<path>: cannot be localized "
+                       "(RuntimeError: …)`; the other images, its batch-mate too, written and recorded"),
+    "evaluate-predict-raises": ("the model raises on one pair in `evaluate`", "exit 1, that pair skipped with "
+                                "`<path>: cannot be localized (…)`; the others scored"),
+    "same-name-other-folder": ("`a/p.png` localized from one working folder, then `/abs/b/p.png` from another into "
+                               "the same --out", "exit 1, `<path>: <out> already holds the outputs (p_mask.png, ...) "
+                               "of another image, <a/p.png resolved>; …`; never credited"),
+    "same-photo-two-folders": ("one photo localized from two working folders", "exit 0, `1 skipped`; one record, "
+                               "keyed by real path and SHA-256"),
+    "file-replaced": ("the input's bytes changed since its outputs were written", "exit 1, `<path>: <out> already "
+                      "holds outputs (p_mask.png, ...) computed from other bytes …`; `--overwrite` redoes it"),
+    "outputs-without-record": ("outputs of this image exist but their record was lost (a kill between them)",
+                               "exit 0, `1 localized`: computed again, with a full record"),
+    "unvouched-outputs": ("unmarked outputs with no record (an older diffiml, or put by hand)",
+                          "exit 1, `<path>: <out> already holds outputs (p_mask.png, ...) that no record of this image "
+                          "vouches for; …`"),
+    "out-equals-in-rerun": ("`localize case --out case` run twice", "exit 0, `1 skipped …, 4 not analysed`; the "
+                            "outputs are listed under `not_analysed`, never analysed as evidence"),
+    "results-jsonl-link": ("<out>/results.jsonl is a symbolic link to a file outside",
+                           "exit 1, `error: <out>/results.jsonl: is a symbolic link; refusing to write through it "
+                           "(…)`; the target untouched"),
+    "output-subfolder-link": ("<out>/sub is a link outside, and an input lies in sub/", "exit 1, `<path>: its "
+                              "outputs' folder <out>/sub leads outside the output folder …`; nothing written there"),
+    "report-thumbs-link": ("`report` when <out>/thumbs links to another folder with an index.json",
+                           "exit 1, `error: <out>/thumbs/index.json: leads outside the output folder …`; nothing "
+                           "there written or deleted"),
+    "folder-link-loops": ("a folder with two symbolic-link loops", "exit 0, each image once"),
+    "long-names": ("--out or an input named with more than 255 bytes", "exit 1, one line `error: <name>: … (File name "
+                   "too long)`"),
+    "deep-manifest": ("an `evaluate` manifest nested 100,000 levels deep", "exit 1, `error: <spec>: JSON nested too "
+                      "deeply to be a dataset list`"),
+    "mask-forms": ("`evaluate` masks stored as 0/255, 0/1 label maps, or red on black",
+                   "exit 0, each counted tampered; `masks of <name>: 1 <form>` on stderr, `mask_forms` in metrics.json"),
+    "sigterm-sighup": ("SIGTERM or SIGHUP during a folder", "exit 143 or 129 after the batch in flight, results.json "
+                       "rebuilt; the same command finishes the rest"),
 }
 
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
+DOC_HEAD = """# Bad and odd input: what diffiml does with each
+
+The rules are in README *Exit codes and bad input*. This table is generated from the test corpus
+(`tests/corpus.py`, `tests/corpus_checkpoints.py`): every row is run through the real command line by
+`tests/test_bad_input_corpus.py`, and `tests/test_evidence_integrity.py` holds the whole-run cases (links,
+loops, stops, other working folders, `--out` equal to the input folder). Regenerate it with
+`python tests/corpus.py --write`; a test fails when it is out of date.
+
+`<path>` is the input as given on the command line; "…" is any text.
+
+"""
 
 
 def markdown_tables() -> str:
@@ -430,4 +480,9 @@ def markdown_tables() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown_tables())
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        DOC.write_text(DOC_HEAD + markdown_tables() + "\n", encoding="utf-8")
+    else:
+        print(markdown_tables())

@@ -342,3 +342,11 @@ def test_usage_kind(kind_id, tmp_path):
     assert result.exit_code == 2
     assert "Usage: " in result.stderr
     assert any(pattern(kind.message).fullmatch(line) for line in result.stderr.splitlines()), result.stderr
+
+
+def test_the_documented_table_is_the_tested_one():
+    """docs/bad-input.md is generated from these tables (`python tests/corpus.py --write`)."""
+    from corpus import DOC, DOC_HEAD, markdown_tables
+
+    assert DOC.read_text(encoding="utf-8") == DOC_HEAD + markdown_tables() + "\n", \
+        "docs/bad-input.md is stale: run `python tests/corpus.py --write`"

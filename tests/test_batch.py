@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from corpus import SCENARIOS
 from diffiml_cli.batch import LocalizeOptions, localize_files, runner as batch_runner
 from diffiml_cli.cli.app import app
 from diffiml_cli.pipeline import load_localizer
@@ -86,6 +87,7 @@ def _run_until(argv: list[str], out: Path, records: int, sig: int, env: dict) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_run_keeps_every_finished_score_and_a_rerun_finishes(tiny_checkpoint, tmp_path, sig):
+    assert "sigterm-sighup" in SCENARIOS
     folder, out = _folder(tmp_path / "in", 60, size=(96, 128)), tmp_path / "out"
     argv = _command(folder, "-c", tiny_checkpoint, "-o", out, "--steps", "4", "--ensemble", "4", "--device", "cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from corpus import photo
+from corpus import SCENARIOS, photo
 from diffiml_cli.batch import LocalizeOptions, localize_files
 from diffiml_cli.batch.provenance import read_mark
 from diffiml_cli.cli.app import app
@@ -54,6 +54,7 @@ def _error_lines(result) -> list[str]:
 
 def test_an_exception_while_predicting_one_image_fails_that_image_and_the_batch_goes_on(tiny_checkpoint, tmp_path,
                                                                                         monkeypatch):
+    assert "predict-raises" in SCENARIOS
     paths = [_save(tmp_path / "in" / f"p{i}.png", seed=i) for i in range(5)]
     poisoned = np.asarray(Image.open(paths[2]))
     original = LocalizationPipeline.predict_many
@@ -77,11 +78,34 @@ def test_an_exception_while_predicting_one_image_fails_that_image_and_the_batch_
     assert not list(out.glob("p2_*.png"))
 
 
+def test_evaluate_skips_a_pair_whose_prediction_raises_and_scores_the_rest(tiny_checkpoint, tmp_path, monkeypatch):
+    assert "evaluate-predict-raises" in SCENARIOS
+    for index in range(3):
+        _save(tmp_path / "set" / "Au" / f"a{index}.png", seed=index)
+    poisoned = np.asarray(Image.open(tmp_path / "set" / "Au" / "a1.png"))
+    original = LocalizationPipeline.predict_many
+
+    def predict_many(self, images, sampling=None):
+        if any(image.shape == poisoned.shape and np.array_equal(image, poisoned) for image in images):
+            raise MemoryError("cannot allocate 7 GiB")
+        return original(self, images, sampling)
+
+    monkeypatch.setattr(LocalizationPipeline, "predict_many", predict_many)
+    result = _run("evaluate", "-d", f"set={tmp_path / 'set'}", "-c", tiny_checkpoint, "-o", tmp_path / "eval",
+                  "--batch-size", "3", *FAST)
+    assert result.exit_code == 1, result.output
+    dataset = json.loads((tmp_path / "eval" / "metrics.json").read_text())["datasets"]["set"]
+    assert dataset["metrics"]["n_authentic"] == 2
+    [bad] = dataset["bad_pairs"]
+    assert bad["reason"].endswith("a1.png: cannot be localized (MemoryError: cannot allocate 7 GiB)")
+
+
 # --- a result is never credited to another image ------------------------------------------------------------
 
 
 def test_a_photo_with_the_same_name_in_another_folder_is_not_credited_from_another_working_folder(
         tiny_checkpoint, tmp_path, monkeypatch):
+    assert "same-name-other-folder" in SCENARIOS
     first, second = _save(tmp_path / "a" / "p.png", seed=1), _save(tmp_path / "b" / "p.png", seed=2)
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path / "a")
@@ -96,6 +120,7 @@ def test_a_photo_with_the_same_name_in_another_folder_is_not_credited_from_anoth
 
 
 def test_the_same_photo_run_from_two_working_folders_is_one_record(tiny_checkpoint, tmp_path, monkeypatch):
+    assert "same-photo-two-folders" in SCENARIOS
     image = _save(tmp_path / "case" / "p.png")
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path / "case")
@@ -110,6 +135,7 @@ def test_the_same_photo_run_from_two_working_folders_is_one_record(tiny_checkpoi
 
 
 def test_a_file_replaced_since_its_run_is_not_credited_its_old_results(tiny_checkpoint, tmp_path):
+    assert "file-replaced" in SCENARIOS
     image, out = _save(tmp_path / "in" / "p.png", seed=1), tmp_path / "out"
     assert _localize(image, tiny_checkpoint, out).exit_code == 0
     mask = (out / "p_mask.png").read_bytes()
@@ -124,6 +150,7 @@ def test_a_file_replaced_since_its_run_is_not_credited_its_old_results(tiny_chec
 
 def test_outputs_written_before_a_stop_took_their_record_are_computed_again_with_a_full_record(
         tiny_checkpoint, tmp_path):
+    assert "outputs-without-record" in SCENARIOS
     image, out = _save(tmp_path / "in" / "p.png"), tmp_path / "out"
     assert _localize(image, tiny_checkpoint, out).exit_code == 0
     first = _document(out)["images"][0]
@@ -138,6 +165,7 @@ def test_outputs_written_before_a_stop_took_their_record_are_computed_again_with
 
 
 def test_outputs_that_no_record_or_mark_vouches_for_are_refused(tiny_checkpoint, tmp_path):
+    assert "unvouched-outputs" in SCENARIOS
     image, out = _save(tmp_path / "in" / "p.png"), tmp_path / "out"
     out.mkdir()
     for kind in KINDS:  # an older diffiml's outputs, or files put there by hand: whose they are is unknown
@@ -160,6 +188,7 @@ def test_every_output_png_names_the_bytes_it_was_computed_from(tiny_checkpoint, 
 
 
 def test_out_equal_to_the_input_folder_can_be_run_again(tiny_checkpoint, tmp_path):
+    assert "out-equals-in-rerun" in SCENARIOS
     case = tmp_path / "case"
     image = _save(case / "p.png")
     original = image.read_bytes()
@@ -180,6 +209,7 @@ def test_out_equal_to_the_input_folder_can_be_run_again(tiny_checkpoint, tmp_pat
 
 
 def test_a_planted_results_jsonl_link_is_refused_and_its_target_untouched(tiny_checkpoint, tmp_path):
+    assert "results-jsonl-link" in SCENARIOS
     image, out, victim = _save(tmp_path / "in" / "p.png"), tmp_path / "out", tmp_path / "victim.txt"
     victim.write_text("the lab's notes\n")
     out.mkdir()
@@ -192,6 +222,7 @@ def test_a_planted_results_jsonl_link_is_refused_and_its_target_untouched(tiny_c
 
 
 def test_an_output_subfolder_that_links_outside_is_refused(tiny_checkpoint, tmp_path):
+    assert "output-subfolder-link" in SCENARIOS
     inside, nested = _save(tmp_path / "in" / "q.png", seed=1), _save(tmp_path / "in" / "sub" / "p.png", seed=2)
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir(), elsewhere.mkdir()
@@ -204,6 +235,7 @@ def test_an_output_subfolder_that_links_outside_is_refused(tiny_checkpoint, tmp_
 
 
 def test_the_report_refuses_a_thumbs_link_and_touches_nothing_there(tiny_checkpoint, tmp_path):
+    assert "report-thumbs-link" in SCENARIOS
     image, out = _save(tmp_path / "in" / "p.png"), tmp_path / "out"
     assert _localize(image, tiny_checkpoint, out).exit_code == 0
     elsewhere = tmp_path / "elsewhere"
@@ -224,6 +256,7 @@ def test_the_report_refuses_a_thumbs_link_and_touches_nothing_there(tiny_checkpo
 
 
 def test_folder_link_loops_neither_hang_nor_repeat_an_image(tiny_checkpoint, tmp_path):
+    assert "folder-link-loops" in SCENARIOS
     folder = tmp_path / "in"
     _save(folder / "p.png")
     (folder / "loop").symlink_to(folder)
@@ -236,6 +269,7 @@ def test_folder_link_loops_neither_hang_nor_repeat_an_image(tiny_checkpoint, tmp
 
 
 def test_names_longer_than_a_file_name_may_be_are_one_line(tiny_checkpoint, tmp_path):
+    assert "long-names" in SCENARIOS
     image = _save(tmp_path / "in" / "p.png")
     long_out = tmp_path / ("o" * 300)
     result = _localize(image, tiny_checkpoint, long_out)
@@ -247,6 +281,7 @@ def test_names_longer_than_a_file_name_may_be_are_one_line(tiny_checkpoint, tmp_
 
 
 def test_a_manifest_nested_100000_deep_is_one_line(tiny_checkpoint, tmp_path):
+    assert "deep-manifest" in SCENARIOS
     manifest = tmp_path / "deep.json"
     manifest.write_text("[" * 100_000 + "]" * 100_000)
     result = _run("evaluate", "-d", manifest, "-c", tiny_checkpoint, "-o", tmp_path / "eval", *FAST)
@@ -263,6 +298,7 @@ def test_a_manifest_nested_100000_deep_is_one_line(tiny_checkpoint, tmp_path):
     ("colour", lambda box: np.stack([box * 255, box * 0, box * 0], axis=2)),  # red on black
 ])
 def test_evaluate_counts_a_tampered_image_whatever_its_mask_form(tiny_checkpoint, tmp_path, form, make):
+    assert "mask-forms" in SCENARIOS
     (tmp_path / "Tp").mkdir(), (tmp_path / "Gt").mkdir()
     Image.fromarray(photo(24, 32)).save(tmp_path / "Tp" / "a.png")
     box = np.zeros((24, 32), np.uint8)

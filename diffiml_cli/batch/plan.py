@@ -121,6 +121,8 @@ def _existing(path: Path, paths: dict[str, Path], earlier: dict[str, dict],
     if owner is not None and owner != key and not owner.startswith("legacy:"):  # a legacy one vouches for none
         return (f"{paths['mask'].parent} already holds the outputs {names} of another image, {owner}; use another "
                 "`out_dir`, or `overwrite` to replace them")
+    if not os.path.isfile(path):
+        return None  # a FIFO or a device is never hashed (it could block): reading it fails with its reason
     try:
         digest = sha256_file(path)
     except OSError as error:

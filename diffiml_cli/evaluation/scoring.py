@@ -150,13 +150,34 @@ def _loaded_batches(pairs: Sequence[tuple[int, Pair]], perturbation: Perturbatio
             index, pair, future = queue.popleft()
             try:
                 batch.append(future.result())
-            except DiffimlError as error:
-                reject(index, pair, str(error))
+            except Exception as error:  # noqa: BLE001 - a DiffimlError names the file; anything else is its failure
+                reject(index, pair, str(error) if isinstance(error, DiffimlError) else
+                       f"{pair.image}: cannot read the pair ({type(error).__name__}: {error})")
             if len(batch) == batch_size:
                 yield batch
                 batch = []
     if batch:
         yield batch
+
+
+def _predict(pipeline: LocalizationPipeline, batch: list, sampling: SamplingOptions | None,
+             reject: Callable[[int, Pair, str], None]) -> tuple[list, list]:
+    """Predict a batch of (index, pair, image, mask): (the items that succeeded, their results). When the batch
+    raises, each image is tried alone, and one that raises again is a skipped pair with its reason (a stop,
+    KeyboardInterrupt or SystemExit, propagates)."""
+    try:
+        return batch, pipeline.predict_many([image for _, _, image, _ in batch], sampling)
+    except Exception:  # noqa: BLE001 - isolated below, image by image
+        pass
+    kept, results = [], []
+    for item in batch:
+        try:
+            results.extend(pipeline.predict_many([item[2]], sampling))
+            kept.append(item)
+        except Exception as error:  # noqa: BLE001 - this pair's failure, with its reason
+            reason = str(error) if isinstance(error, DiffimlError) else f"{type(error).__name__}: {error}"
+            reject(item[0], item[1], f"{item[1].image}: cannot be localized ({' '.join(reason.split())})")
+    return kept, results
 
 
 def _common_root(pairs: Sequence[Pair]) -> Path:
@@ -200,7 +221,7 @@ def evaluate_dataset(
     shard = context.shard(list(enumerate(pairs)))
     for batch in _loaded_batches(shard, perturbation, pipeline.batch_size, reject):
         start = time.perf_counter()
-        results = pipeline.predict_many([image for _, _, image, _ in batch], sampling)
+        batch, results = _predict(pipeline, batch, sampling, reject)
         predict_seconds += time.perf_counter() - start
         for (index, pair, _, (mask, form)), result in zip(batch, results):
             one = MetricAccumulator()
