@@ -49,6 +49,19 @@ def _error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+def _poison(monkeypatch, path: Path, error: BaseException) -> None:
+    """Make the model raise `error` on any batch that holds the image of `path` (as a driver or OOM would)."""
+    poisoned = np.asarray(Image.open(path))
+    original = LocalizationPipeline.predict_many
+
+    def predict_many(self, images, sampling=None):
+        if any(image.shape == poisoned.shape and np.array_equal(image, poisoned) for image in images):
+            raise error
+        return original(self, images, sampling)
+
+    monkeypatch.setattr(LocalizationPipeline, "predict_many", predict_many)
+
+
 # --- one image that breaks the model fails alone --------------------------------------------------------
 
 
@@ -56,15 +69,7 @@ def test_an_exception_while_predicting_one_image_fails_that_image_and_the_batch_
                                                                                         monkeypatch):
     assert "predict-raises" in SCENARIOS
     paths = [_save(tmp_path / "in" / f"p{i}.png", seed=i) for i in range(5)]
-    poisoned = np.asarray(Image.open(paths[2]))
-    original = LocalizationPipeline.predict_many
-
-    def predict_many(self, images, sampling=None):
-        if any(image.shape == poisoned.shape and np.array_equal(image, poisoned) for image in images):
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return original(self, images, sampling)
-
-    monkeypatch.setattr(LocalizationPipeline, "predict_many", predict_many)
+    _poison(monkeypatch, paths[2], RuntimeError("CUDA error: an illegal memory access was encountered"))
     pipeline = load_localizer(tiny_checkpoint, device="cpu", batch_size=2)
     out = tmp_path / "out"
     summary = localize_files(paths, pipeline, LocalizeOptions(out_dir=out, batch_size=2))
@@ -82,15 +87,7 @@ def test_evaluate_skips_a_pair_whose_prediction_raises_and_scores_the_rest(tiny_
     assert "evaluate-predict-raises" in SCENARIOS
     for index in range(3):
         _save(tmp_path / "set" / "Au" / f"a{index}.png", seed=index)
-    poisoned = np.asarray(Image.open(tmp_path / "set" / "Au" / "a1.png"))
-    original = LocalizationPipeline.predict_many
-
-    def predict_many(self, images, sampling=None):
-        if any(image.shape == poisoned.shape and np.array_equal(image, poisoned) for image in images):
-            raise MemoryError("cannot allocate 7 GiB")
-        return original(self, images, sampling)
-
-    monkeypatch.setattr(LocalizationPipeline, "predict_many", predict_many)
+    _poison(monkeypatch, tmp_path / "set" / "Au" / "a1.png", MemoryError("cannot allocate 7 GiB"))
     result = _run("evaluate", "-d", f"set={tmp_path / 'set'}", "-c", tiny_checkpoint, "-o", tmp_path / "eval",
                   "--batch-size", "3", *FAST)
     assert result.exit_code == 1, result.output
