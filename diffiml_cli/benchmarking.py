@@ -1,8 +1,8 @@
 """What a localizer costs: parameters, FLOPs per image, and the measured speed of the real inference path.
 
 Everything is measured on the code that `diffiml localize` runs: FLOPs are counted by running the real
-modules under `flops.count_flops` (CPU fused attention included), and timings call `Predictor.predict`
-itself (through `LocalizationPipeline.predict_many`, as `localize` runs it, so preparing the input and resizing
+modules under `flops.count_flops` (CPU fused attention included), and timings call the `Predictor` itself
+(through `LocalizationPipeline.predict_many`, as `localize` runs it, so preparing the input and resizing
 the maps back are timed too). FLOPs follow torch's counter: a multiply-add is 2 FLOPs and only matmul-like operators count;
 GMACs are GFLOPs / 2, the unit many papers (the DiffIML paper's Table 4 among them) call "FLOPs".
 

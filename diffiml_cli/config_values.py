@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -64,9 +65,9 @@ RANGES: dict[tuple[str, str], Range] = {
     ("ModelConfig", "image_size"): _COUNT,
     ("ModelConfig", "native_max_side"): _COUNT,
 }
-# The sampling settings a calibration records (SamplingOptions' fields); a setting not named here (from a newer
-# diffiml) is kept unchecked.
-_SAMPLING: dict[str, tuple[Any, Range | None]] = {
+# The sampling settings a calibration records and `SamplingOptions` holds (`api_checks.check_sampling_options`); a
+# recorded setting not named here (from a newer diffiml) is kept unchecked.
+SAMPLING_SETTINGS: dict[str, tuple[Any, Range | None]] = {
     "steps": (int, Range(1, 1000)), "ensemble": (int, _COUNT), "tta": (bool, None), "seed": (int, Range(0, 2**64 - 1)),
 }
 
@@ -79,10 +80,10 @@ def check_value(name: str, value: Any, hint: Any, allowed: Range | None = None) 
 
 
 def check_sampling(sampling: Any, name: str) -> None:
-    """Each recorded sampling setting (name, value) of a calibration that `_SAMPLING` knows, checked as a field."""
+    """Each recorded sampling setting (name, value) of a calibration that SAMPLING_SETTINGS names, checked as a field."""
     for setting, value in sampling:
-        if setting in _SAMPLING:
-            check_value(f"{name}.{setting}", value, *_SAMPLING[setting])
+        if setting in SAMPLING_SETTINGS:
+            check_value(f"{name}.{setting}", value, *SAMPLING_SETTINGS[setting])
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -96,10 +97,10 @@ def _conforms(value: Any, hint: Any) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:  # numbers.Integral: numpy's integers too, for settings given in code
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
     if hint is str:
         return isinstance(value, str)
     if dataclasses.is_dataclass(hint):
@@ -124,7 +125,7 @@ def _numbers(value: Any) -> list:
     """Every number in a (nested) value, booleans and strings left out."""
     if isinstance(value, tuple):
         return [number for item in value for number in _numbers(item)]
-    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+    return [value] if isinstance(value, numbers.Real) and not isinstance(value, bool) else []
 
 
 def _shown_value(value: Any) -> str:
@@ -150,3 +151,12 @@ def _expected(hint: Any, allowed: Range | None, plural: bool = False) -> str:
     if hint in singular:
         return (several if plural else singular)[hint] + (suffix if hint in (int, float) else "")
     return ("objects" if plural else "an object") if dataclasses.is_dataclass(hint) else "any value"
+
+
+def check_sampling_options(sampling: Any) -> Any:
+    """`sampling` (a SamplingOptions) when its steps, ensemble, TTA and seed have their types and ranges (the seed an
+    integer in [0, 2**64 - 1], what torch's generator takes); else a DiffimlError naming the setting."""
+    for setting, (hint, allowed) in SAMPLING_SETTINGS.items():
+        if hasattr(sampling, setting):
+            check_value(setting, getattr(sampling, setting), hint, allowed)
+    return sampling

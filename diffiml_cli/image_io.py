@@ -22,15 +22,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms
 
+from diffiml_cli.defaults import DEFAULT_MAX_PIXELS
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write_bytes, sha256_of
 from diffiml_cli.listing import IMAGE_EXTENSIONS, list_images  # noqa: F401 - re-exported: one module reads images
 
-
-# 2x Pillow's own MAX_IMAGE_PIXELS, i.e. the size at which Pillow itself refuses to decode
-# (about 13400 x 13400). Above it an image is treated as a decompression bomb and refused before
-# decoding; callers pass a larger `max_pixels` (the CLI's --max-pixels) to read bigger images.
-DEFAULT_MAX_PIXELS = 178_956_970
 
 
 # EXIF orientation -> the transpose that undoes it; the same table as PIL.ImageOps.exif_transpose.

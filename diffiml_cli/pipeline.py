@@ -6,9 +6,10 @@
     result.probability, result.mask, result.detection_score, result.verdict
 
 `LocalizationPipeline` is the one place where an image becomes model input and the model's output becomes
-original-size maps: it squeezes ("resize" models) or pads ("native" models) the image, runs the `Predictor`,
-crops the padding, resizes back, and cuts an image that is too large for one pass into tiles (`tiling.py`)
-instead of shrinking it. It owns its model config. `localize`, `evaluate`, the sweep and `benchmark` use it.
+original-size maps: it squeezes ("resize" models) or shrinks past `native_max_side` ("native" models) the image,
+has it padded to the model's sides (`inference.pad_to_multiple`; the `Predictor` crops the padding off again),
+resizes the maps back, and cuts an image that is too large for one pass into tiles (`tiling.py`) instead of
+shrinking it. It owns its model config. `localize`, `evaluate`, the sweep and `benchmark` use it.
 """
 
 from __future__ import annotations
@@ -19,22 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
+from diffiml_cli.api_checks import check_image, check_images
 from diffiml_cli.version import __version__
 from diffiml_cli.config import ModelConfig
+from diffiml_cli.config_values import check_sampling_options
+from diffiml_cli.defaults import DEFAULT_TILE_OVERLAP
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb, pil_to_rgb
 from diffiml_cli.image_ops import resize_image
-from diffiml_cli.inference import DEFAULT_PRECISION, ModelInput, Prediction, Predictor, SamplingOptions, resolve_device
+from diffiml_cli.inference import (DEFAULT_PRECISION, ModelInput, Prediction, Predictor, SamplingOptions, image_tensor,
+                                   named_sampler, pad_to_multiple, resolve_device)
 from diffiml_cli.tiling import Stitcher, tile_grid
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 VERDICTS = ("manipulated", "authentic")
-DEFAULT_TILE_OVERLAP = 128  # px; about the receptive field's reach at the encoder's coarsest stage
 
 
 @dataclass(frozen=True)
@@ -74,24 +77,9 @@ def as_rgb(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
             raise DiffimlError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         if image.ndim == 2:
-            return np.repeat(image[..., None], 3, axis=2)
-        return np.ascontiguousarray(image[..., :3])
+            return check_image(np.repeat(image[..., None], 3, axis=2))
+        return check_image(np.ascontiguousarray(image[..., :3]))
     raise DiffimlError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an array")
-
-
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1] (a new tensor; read-only arrays are fine)."""
-    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int) -> ModelInput:
-    """(H, W, 3) uint8 -> ModelInput, reflection-padded at the bottom and right to multiples of `multiple`."""
-    height, width = image.shape[:2]
-    pad_bottom, pad_right = -height % multiple, -width % multiple
-    # Reflection needs the padding to be smaller than the side; tiny images fall back to edge replication.
-    border = cv2.BORDER_REFLECT_101 if pad_bottom < height and pad_right < width else cv2.BORDER_REPLICATE
-    padded = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, border)
-    return ModelInput(_to_tensor(padded), (height, width))
 
 
 def prepare_input(image: np.ndarray, config: ModelConfig) -> ModelInput:
@@ -100,7 +88,7 @@ def prepare_input(image: np.ndarray, config: ModelConfig) -> ModelInput:
     aspect ratio) only when its long side exceeds `native_max_side` (the pipeline tiles such images instead)."""
     if config.resolution == "resize":
         size = config.image_size
-        return ModelInput(_to_tensor(resize_image(image, (size, size))), (size, size))
+        return ModelInput(image_tensor(resize_image(image, (size, size))), (size, size))
     height, width = image.shape[:2]
     scale = config.native_max_side / max(height, width)
     if scale < 1:
@@ -133,7 +121,7 @@ class LocalizationPipeline:
             raise DiffimlError(f"threshold must be in [0, 1], got {threshold}")
         self.predictor, self.config, self.source, self.model_card = predictor, config, source, model_card
         self.threshold, self.batch_size = threshold, max(1, batch_size)
-        self.sampling = predictor.resolve(sampling)  # the sampler named, as results.json and calibrations record it
+        self.sampling = named_sampler(sampling, config.diffusion)  # as results.json and calibrations record it
         calibration = config.calibration
         self.gate = (calibration.gate if calibration is not None else False) if gate is None else gate
         if self.gate and calibration is None:
@@ -158,7 +146,8 @@ class LocalizationPipeline:
                      ) -> list[LocalizationResult]:
         """(H, W, 3) uint8 RGB images -> their results, in order. Images of one shape share model batches of
         `batch_size`; an image that needs tiles is run on its own, `batch_size` tiles at a time."""
-        sampling = sampling or self.sampling
+        sampling = check_sampling_options(sampling or self.sampling)
+        images = check_images(images)  # the one check of every array, whether it came through `predict` or not
         results: list[LocalizationResult | None] = [None] * len(images)
         whole = [i for i, image in enumerate(images) if not self._needs_tiles(image)]
         for start in range(0, len(whole), self.batch_size):
@@ -203,6 +192,9 @@ class LocalizationPipeline:
 
     def _finish(self, probability: np.ndarray, uncertainty: np.ndarray, image_score: float,
                 detection: float | None, tiles: int) -> LocalizationResult:
+        if not np.isfinite(image_score) or (detection is not None and not np.isfinite(detection)):  # broken weights
+            raise DiffimlError(f"the model gave a non-finite score (image score {image_score}, detection score "
+                               f"{detection}); its weights or arithmetic are broken, so it gives no verdict")
         verdict = self.verdict(detection)
         gated = self.gate and verdict == "authentic"
         mask = np.zeros(probability.shape, bool) if gated else probability >= self.threshold
@@ -245,11 +237,13 @@ class LocalizationPipeline:
 
 def load_localizer(source: str | Path | None = None, *, device: str = "auto", precision: str = DEFAULT_PRECISION,
                    allow_pickle: bool = False, resolution: str | None = None, compile: bool = False,
-                   **options: Any) -> LocalizationPipeline:
+                   sampling: SamplingOptions = SamplingOptions(), threshold: float = 0.5, gate: bool | None = None,
+                   tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                   batch_size: int = 1) -> LocalizationPipeline:
     """Load a checkpoint (default: the one shipped in `weights/`; or a directory, a .safetensors file, or a Hub
-    id org/name[@revision]) onto a device, ready to `predict`. `options` are LocalizationPipeline's
-    (sampling, threshold, gate, tile, tile_overlap, batch_size); `resolution` overrides the checkpoint's. Its
-    BatchNorms are folded into their convolutions (`models.batchnorm_folding`): to train, use `models.build.load_model`."""
+    id org/name[@revision]) onto a device, ready to `predict`. `resolution` overrides the checkpoint's; sampling,
+    threshold, gate, tile, tile_overlap and batch_size are LocalizationPipeline's. Its BatchNorms are folded into
+    their convolutions (`models.batchnorm_folding`): to train, use `models.build.load_model`."""
     from diffiml_cli.checkpoint import default_checkpoint, model_card_summary, resolve_checkpoint
     from diffiml_cli.models.batchnorm_folding import fold_batchnorm
     from diffiml_cli.models.build import load_model
@@ -262,4 +256,6 @@ def load_localizer(source: str | Path | None = None, *, device: str = "auto", pr
     torch_device = resolve_device(device)
     predictor = Predictor(model, config.diffusion, device=torch_device, precision=precision, compile=compile)
     card = model_card_summary(resolve_checkpoint(source))
-    return LocalizationPipeline(predictor, config, source=str(source), model_card=card, **options)
+    return LocalizationPipeline(predictor, config, source=str(source), model_card=card, sampling=sampling,
+                                threshold=threshold, gate=gate, tile=tile, tile_overlap=tile_overlap,
+                                batch_size=batch_size)

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,60 +35,15 @@ from diffiml_cli.data.training_sets import with_authentic_per_batch
 from diffiml_cli.distributed import init_distributed
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write_bytes, remove_stale_temporaries
-from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.inference import Predictor
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.models.build import AnyLocalizer
+from diffiml_cli.training_options import TrainOptions
 from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
                                    diffiml_loss, segmentation_loss)
 
 TRAIN_STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
-SELECTION_METRICS = ("pixel_f1", "pixel_f1_all", "image_auc")
-TRAIN_PARTS = ("all", "detector")
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Optimisation and bookkeeping settings; the paper's values are the defaults."""
-
-    out_dir: Path
-    steps: int
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    # The pretrained backbone's learning rate as a fraction of learning_rate; 0 freezes it (weights and
-    # BatchNorm statistics), keeping its ImageNet features while the head and denoiser learn.
-    backbone_lr_scale: float = 1.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0  # 0 disables the EMA; 0.999 is typical for long runs
-    prior_rate: float = 0.1  # lambda of the error prior
-    mask_loss_weight: float = 0.2  # alpha; the edge latent gets 1 - alpha
-    amp: str = "none"  # "bf16" or "fp16" autocast on CUDA
-    seed: int = 0
-    save_every: int = 200
-    val_every: int = 500
-    log_every: int = 10
-    num_workers: int = 0
-    val_sampling: SamplingOptions = SamplingOptions(steps=8, ensemble=1)
-    # At least this many untouched photos in every batch (synthetic data only; 0 leaves the make-up to chance).
-    authentic_per_batch: int = 0
-    # The validation number that picks `best/`: pixel_f1 (tampered images only) or pixel_f1_all (authentic
-    # images counted: 1 when nothing is marked), which also rewards fewer false alarms.
-    select_by: str = "pixel_f1"
-    # "all": Algorithm 1 (or the baseline's loss). "detector": only the image-level detector learns, on the
-    # frozen localizer's outputs, which are sampled once per item with `detector_sampling` and kept.
-    train_part: str = "all"
-    detector_sampling: SamplingOptions = SamplingOptions()
-    detector_precision: str = "fp32"  # of the frozen localizer's sampling, as `localize --precision` would run it
-
-    def __post_init__(self) -> None:
-        if self.train_part not in TRAIN_PARTS:
-            raise DiffimlError(f"train_part must be one of {', '.join(TRAIN_PARTS)}, got {self.train_part!r}")
-        if self.select_by not in SELECTION_METRICS:
-            raise DiffimlError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, got {self.select_by!r}")
-    # What the run trains and validates on (sources, edit kinds, init), as given; train_config.json records it.
-    data_sources: dict = field(default_factory=dict)
 
 
 def epoch_indices(length: int, epoch: int, *, seed: int, rank: int, world_size: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,44 +21,7 @@ from diffiml_cli.models.build import (AnyLocalizer, build_localizer, default_vae
                                       with_copy_move_cue, with_detector)
 from diffiml_cli.presets import get_preset
 from diffiml_cli.training import TRAIN_STATE_NAME, TrainOptions, Trainer
-
-
-@dataclass(frozen=True)
-class ModelRecipe:
-    """Which network to train. `init`: continue a localizer checkpoint (its config and VAE come with it);
-    otherwise `preset` with `kind`, `edge`, `image_size`, `resolution` and the mask VAE `vae` (default: the
-    shipped LightVAE). `copy_move_cue` None keeps the preset's or checkpoint's; `detector` adds one
-    (`detector_grid`: one that reads the block grid)."""
-
-    preset: str = "tiny"
-    kind: str | None = None  # "diffusion" (default) or "discriminative"
-    edge: bool = True
-    image_size: int | None = None
-    resolution: str | None = None
-    vae: str | None = None
-    init: str | None = None
-    copy_move_cue: bool | None = None
-    detector: bool = False
-    detector_grid: bool = False  # the detector also reads the JPEG block grid (`models/block_grid.py`)
-    backbone_weights: str | None = None
-
-
-@dataclass(frozen=True)
-class DataRecipe:
-    """What to train and validate on: dataset specs (`PATH[:WEIGHT]`), photo folders for synthetic edits and
-    their options (photo stems in `exclude_photos` and `hard_negatives`), and `val` (a SPEC or synthetic:DIR[:N])."""
-
-    data: tuple[str, ...] = ()
-    synthetic_from: tuple[str, ...] = ()
-    synthetic_kinds: tuple[str, ...] | None = None
-    other_camera_donors: bool = False
-    val: str | None = None
-    authentic_share: float = 0.15
-    exclude_photos: tuple[str, ...] = ()
-    hard_negatives: tuple[str, ...] = ()
-    hard_negative_share: float = 0.5
-    synthetic_length: int = 4096  # synthetic items per epoch (a fresh edit each epoch; the detector keeps its items)
-    sources: dict = field(default_factory=dict)  # how the caller named them (files of stems...), for the record
+from diffiml_cli.training_options import DataRecipe, ModelRecipe  # noqa: F401 - re-exported
 
 
 def read_stems(path: str | Path) -> list[str]:

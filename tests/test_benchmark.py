@@ -15,7 +15,7 @@ from diffiml_cli.benchmarking import FLOP_PARTS, count_parameters, count_pipelin
 from diffiml_cli.vae_comparison import compare_vae
 from diffiml_cli.cli.app import app
 from diffiml_cli.flops import count_flops
-from diffiml_cli.inference import Predictor, SamplingOptions
+from diffiml_cli.inference import Predictor, SamplingOptions, resolve_precision
 from diffiml_cli.models.build import build_localizer
 from diffiml_cli.presets import get_preset
 
@@ -36,7 +36,7 @@ def _assert_stats(stats: dict) -> None:
 
 def test_cli_json_schema():
     args = ["benchmark", "--preset", "test", "--image-size", "64", "--steps", "2", "--ensemble", "1,2",
-            "--batch-size", "1", "--iters", "1", "--warmup", "0", "--device", "cpu", "--json"]
+            "--batch-size", "1", "--iters", "1", "--warmup", "0", "--device", "cpu", "--precision", "fp32", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # stdout holds the JSON and nothing else
@@ -125,13 +125,13 @@ def test_parameters_add_up(test_localizer):
 
 def test_run_benchmark_times_the_real_predict(test_localizer, monkeypatch):
     calls = []
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_maps
 
     def spy(self, images, options):
         calls.append((tuple(images.shape), options.ensemble, options.steps))
         return real_predict(self, images, options)
 
-    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(Predictor, "predict_maps", spy)
     config = get_preset("test")
     result = run_benchmark(test_localizer, config, source="test", random_init=True, device=torch.device("cpu"),
                            steps=1, ensembles=(3,), batch_sizes=(2,), warmup=1, iters=2)
@@ -146,7 +146,7 @@ def test_cli_passes_options_to_the_library(monkeypatch):
         received.update(kwargs, image_size=config.image_size)
         return {"fake": True}
 
-    monkeypatch.setattr("diffiml_cli.cli.benchmark.run_benchmark", fake_run_benchmark)
+    monkeypatch.setattr("diffiml_cli.benchmarking.run_benchmark", fake_run_benchmark)
     args = ["benchmark", "--preset", "test", "--image-size", "96", "--ensemble", "1,3", "--batch-size", "2",
             "--tta", "--warmup", "0", "--iters", "4", "--device", "cpu", "--compare-vae", "--json"]
     result = CliRunner().invoke(app, args)
@@ -156,6 +156,7 @@ def test_cli_passes_options_to_the_library(monkeypatch):
     assert received["ensembles"] == [1, 3] and received["batch_sizes"] == [2]
     assert received["tta"] is True and received["with_vae_comparison"] is True
     assert received["compile"] is False
+    assert received["precisions"] == [resolve_precision("auto", torch.device("cpu"))]  # what localize runs
     assert (received["warmup"], received["iters"], received["steps"]) == (0, 4, SamplingOptions().steps)
     assert received["samplings"] is None  # the checkpoint's sampler
     result = CliRunner().invoke(app, [*args, "--steps", "3", "--sampler", "ddim:8, ddim-trailing:2,dpmsolver++"])
@@ -165,13 +166,13 @@ def test_cli_passes_options_to_the_library(monkeypatch):
 
 def test_benchmark_shows_rows_for_each_sampler_and_steps_beside_eight_ddim_steps(test_localizer, monkeypatch):
     calls = []
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_maps
 
     def spy(self, images, options):
         calls.append((options.sampler, options.steps, options.ensemble))
         return real_predict(self, images, options)
 
-    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(Predictor, "predict_maps", spy)
     result = run_benchmark(test_localizer, get_preset("test"), source="test", random_init=True,
                            device=torch.device("cpu"), precisions=("fp32", "bf16"),
                            samplings=[("ddim", 8), ("ddim-trailing", 2)], ensembles=(5, 6), batch_sizes=(1,),

@@ -65,7 +65,6 @@ def test_the_refit_command_defaults_to_the_refit_step_count_not_the_distillation
     """`distill-vae --refit-decoder` once ran the 14,000 distillation steps when --steps was not given."""
     from typer.testing import CliRunner
 
-    from diffiml_cli.cli import distill_vae as command
     from diffiml_cli.cli.app import app
 
     seen = {}
@@ -74,7 +73,7 @@ def test_the_refit_command_defaults_to_the_refit_step_count_not_the_distillation
         seen["steps"] = settings.steps
         raise DiffimlError("stop here")
 
-    monkeypatch.setattr(command, "refit_checkpoint", fake_refit)
+    monkeypatch.setattr("diffiml_cli.distillation.decoder_refit.refit_checkpoint", fake_refit)
     result = CliRunner().invoke(app, ["distill-vae", "--refit-decoder", "weights", "--synthetic-from",
                                       str(tmp_path), "--out", str(tmp_path / "out"), *arguments])
     assert seen["steps"] == expected and result.exit_code == 1

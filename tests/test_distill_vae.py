@@ -13,7 +13,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import add_to_fake_hub
-from diffiml_cli.cli import distill_vae as distill_cli
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import MaskVAEConfig
 from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae, reconstruction_l1
@@ -209,7 +208,7 @@ def test_cli_passes_options_and_prints_report(monkeypatch, tmp_path):
         report = ReconstructionReport(32, 1.7, 1.0, (row, dataclasses.replace(row, kind="edges")))
         return DistillResult(out_dir=out, report=report, steps=settings.steps, resumed_from=0, seconds=1.0)
 
-    monkeypatch.setattr(distill_cli, "run_distillation", fake_run)
+    monkeypatch.setattr("diffiml_cli.distillation.distill.distill_vae", fake_run)
     result = CliRunner().invoke(app, [
         "distill-vae", "--teacher", "none", "--data", "a.json", "--data", "b", "--steps", "7", "--batch-size", "2",
         "--image-size", "64", "--lambda-lat", "0.5", "--lr", "0.01", "--recon-loss", "l1", "--out", str(tmp_path), "--resume",

@@ -139,11 +139,11 @@ def test_a_mask_of_another_size_is_listed_skipped_and_exits_1(tiny_checkpoint, t
 class _MaskInThePixels:
     """A stand-in predictor that reads the mask off the image: probability = the red channel."""
 
-    def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
+    def predict_maps(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
         probability = images[:, :1].clone()
         return Prediction(probability, torch.zeros_like(probability), probability.amax(dim=(1, 2, 3)))
 
-    predict_inputs = Predictor.predict_inputs  # groups inputs by shape, calls predict, crops
+    predict_inputs = Predictor.predict_inputs  # groups inputs by shape, calls predict_maps, crops
 
 
 def test_a_perfect_predictor_scores_near_one_at_the_original_resolution(tmp_path):

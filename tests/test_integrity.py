@@ -143,3 +143,83 @@ def test_a_calibrated_copy_may_go_beside_inside_or_above_its_source(source):
         check_copy_target(source, out)  # no file of the source is written there
     result = _calibrate_into(source, source.parent / "copy")
     assert result.exit_code == 1 and "no-such-set" in result.stderr  # got past the check, to the data set
+
+
+# --- the Python API: one check of every image array and sampling setting, one error type ---------------------------
+
+
+@pytest.fixture(scope="module")
+def localizer(tiny_checkpoint):
+    from diffiml_cli.pipeline import load_localizer
+    from diffiml_cli.inference import SamplingOptions
+
+    return load_localizer(tiny_checkpoint, device="cpu", precision="fp32", sampling=SamplingOptions(steps=1, ensemble=1))
+
+
+GOOD = np.zeros((16, 16, 3), np.uint8)
+BAD_ARRAYS = {
+    "empty": np.zeros((0, 0, 3), np.uint8),
+    "no rows": np.zeros((0, 10, 3), np.uint8),
+    "no columns": np.zeros((10, 0, 3), np.uint8),
+    "float64": np.zeros((16, 16, 3), np.float64),
+    "two channels": np.zeros((16, 16, 2), np.uint8),
+    "4-D": np.zeros((1, 16, 16, 3), np.uint8),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_ARRAYS)
+def test_predict_and_predict_many_refuse_the_same_arrays_with_diffiml_error(localizer, kind):
+    with pytest.raises(DiffimlError, match=r"must be an \(H, W, 3\) uint8 RGB array|must be \(H, W, 3\) uint8 RGB"):
+        localizer.predict(BAD_ARRAYS[kind])
+    with pytest.raises(DiffimlError, match=r"`images\[1\]` must be an \(H, W, 3\) uint8 RGB array"):
+        localizer.predict_many([GOOD, BAD_ARRAYS[kind]])
+
+
+def test_predict_many_refuses_one_bare_image_and_things_that_are_not_images(localizer):
+    with pytest.raises(DiffimlError, match=r"one array of shape \(16, 16\); pass \[image\], or use predict"):
+        localizer.predict_many(np.zeros((16, 16), np.uint8))
+    with pytest.raises(DiffimlError, match=r"one array of shape \(16, 16, 3\)"):
+        localizer.predict_many(GOOD)
+    with pytest.raises(DiffimlError, match=r"`images\[0\]` must be an \(H, W, 3\) uint8 RGB array, got a list"):
+        localizer.predict_many([[[0, 0, 0]]])
+    assert len(localizer.predict_many(np.stack([GOOD, GOOD]))) == 2  # one (B, H, W, 3) array is a batch
+    assert localizer.predict(np.zeros((16, 16), np.uint8)).probability.shape == (16, 16)  # gray is read as RGB
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**70, -1])
+def test_a_seed_beyond_64_bits_is_a_diffiml_error_as_an_argument_and_in_sampling_options(localizer, seed):
+    from diffiml_cli.inference import SamplingOptions
+
+    with pytest.raises(DiffimlError, match=f"seed is {seed}; expected an integer in \\[0, {2**64 - 1}\\]"):
+        localizer.predict(GOOD, seed=seed)
+    with pytest.raises(DiffimlError, match="seed is"):
+        SamplingOptions(seed=seed)
+    with pytest.raises(DiffimlError, match="steps is \"2\""):
+        SamplingOptions(steps="2")
+    sneaked = SamplingOptions()
+    object.__setattr__(sneaked, "seed", seed)  # past the dataclass's own check: predict_many checks again
+    with pytest.raises(DiffimlError, match="seed is"):
+        localizer.predict_many([GOOD], sneaked)
+    assert localizer.predict(GOOD, seed=2**64 - 1).probability.shape == (16, 16)  # the largest seed works
+
+
+def test_a_non_finite_score_is_an_error_of_that_image_not_an_authentic_verdict(tiny_checkpoint):
+    """A NaN that slips past loading (a weight broken after it, an overflow in reduced precision) must not become
+    an empty mask and "authentic"."""
+    from diffiml_cli.inference import SamplingOptions
+    from diffiml_cli.pipeline import load_localizer
+
+    localizer = load_localizer(tiny_checkpoint, device="cpu", precision="fp32",
+                               sampling=SamplingOptions(steps=1, ensemble=1))
+    weights = next(p for name, p in localizer.predictor.localizer.named_parameters() if name.startswith("denoiser."))
+    with torch.no_grad():
+        weights.fill_(math.nan)
+    with pytest.raises(DiffimlError, match="the model gave a non-finite score"):
+        localizer.predict(GOOD)
+    with pytest.raises(DiffimlError, match="non-finite"):
+        localizer.predict_many([GOOD, GOOD])
+
+
+def test_seed_beyond_64_bits_on_the_command_line_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["localize", str(tmp_path / "x.png"), "--seed", str(2**64)])
+    assert result.exit_code == 2 and "--seed" in result.stderr

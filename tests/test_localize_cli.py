@@ -77,3 +77,44 @@ def test_missing_input_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert offline.exit_code == 1
     assert "nobody/nothing" in offline.output and "Traceback" not in offline.output
     assert offline.output.count("error:") == 1
+
+
+def test_each_image_gets_a_line_with_its_verdict_score_and_marked_share(tiny_checkpoint, image_folder, tmp_path):
+    """One line per image as it finishes, with the numbers results.json holds; the summary counts the verdicts."""
+    hostile = image_folder / "evil\x1b[31m[bold]x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(hostile)
+    out = tmp_path / "out"
+    result = _localize(image_folder, "--checkpoint", tiny_checkpoint, "--out", out)
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())["images"]
+    lines = result.output.splitlines()
+    for entry in records:
+        name = entry["image"].rsplit("/", 1)[-1]
+        shown = name.replace("\x1b", "\\x1b")
+        line = next(line for line in lines if line.endswith(shown))
+        verdict = entry["verdict"] or "no verdict"
+        score = entry["detection_score"] if entry["detection_score"] is not None else entry["image_score"]
+        assert line.startswith(verdict) and f"{score:.3f}" in line
+        assert f"marked {entry['manipulated_fraction']:6.1%}" in line
+    assert "\x1b" not in result.output  # the name's escape byte is shown, not sent
+    verdicts = [entry["verdict"] or "without a verdict" for entry in records]
+    summary = next(line for line in lines if line.startswith("verdicts: "))
+    for verdict in set(verdicts):
+        assert f"{verdicts.count(verdict)} {verdict}" in summary
+
+
+def test_a_big_folder_prints_a_screenful_of_lines_and_points_to_results_json(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("LINES", "10")  # rich's height for a console that is not a terminal
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(9):
+        Image.fromarray(np.full((32, 32, 3), index * 20, np.uint8)).save(folder / f"{index}.png")
+    from diffiml_cli.cli import common
+
+    monkeypatch.setattr(common, "stderr", type(common.stderr)(stderr=True))  # built after LINES is set
+    monkeypatch.setattr("diffiml_cli.cli.localize.stderr", common.stderr)
+    result = _localize(folder, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    image_lines = [line for line in result.output.splitlines() if line.endswith(".png")]
+    assert len(image_lines) == 6 and "the other images' lines are in results.json" in result.output
+    assert "9 localized" in result.output

@@ -57,7 +57,7 @@ class _PaddingIsHot:
     def __init__(self):
         self.batch_shapes = []
 
-    def predict(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
+    def predict_maps(self, images: torch.Tensor, options: SamplingOptions) -> Prediction:
         self.batch_shapes.append(tuple(images.shape))
         probability = images[:, :1].clone()
         return Prediction(probability, torch.zeros_like(probability), probability.amax(dim=(1, 2, 3)))
@@ -148,7 +148,7 @@ def test_benchmark_times_a_native_model_at_512_unless_told(monkeypatch, tmp_path
     localizer, config = load_model(tiny_checkpoint)
     native = save_checkpoint(tmp_path / "native", localizer, dataclasses.replace(config, resolution="native"))
     sizes = []
-    monkeypatch.setattr("diffiml_cli.cli.benchmark.run_benchmark",
+    monkeypatch.setattr("diffiml_cli.benchmarking.run_benchmark",
                         lambda localizer, config, **kwargs: sizes.append(config.image_size) or {})
     for extra in ([], ["--image-size", "128"]):
         result = CliRunner().invoke(app, ["benchmark", "--checkpoint", str(native), "--json", *extra])

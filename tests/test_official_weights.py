@@ -208,7 +208,7 @@ def test_cli_convert_saves_what_load_official_returns_as_a_checkpoint(monkeypatc
     torch.manual_seed(0)
     localizer = build_localizer(config).eval()
     received = []
-    monkeypatch.setattr("diffiml_cli.cli.convert.load_official",
+    monkeypatch.setattr("diffiml_cli.models.official_weights.load_official",
                         lambda *arguments: received.append(arguments) or (localizer, config))
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "best.pth"), "--out", str(tmp_path / "out"),
                                       "--vae", str(tmp_path / "vae.pth")])

@@ -18,7 +18,7 @@ from textures import copy_moved_texture
 from diffiml_cli.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import CalibrationConfig, DetectorConfig, DiffusionConfig, ModelConfig, config_from_dict
-from diffiml_cli.diffusion.samplers import SamplerConfig, sampler_name
+from diffiml_cli.diffusion.samplers import sampler_name
 from diffiml_cli.diffusion.sampling import make_sampler, make_scheduler, sample, sampling_timesteps
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.calibration import calibrate, write_calibrated
@@ -105,6 +105,11 @@ def test_dpm_solver_samples_give_finite_masks_of_the_right_shape_and_differ_from
     assert not torch.equal(masks["ddim-trailing", 2], masks["ddim", 2])  # 999, 499 against 500, 0
     # One step of each sampler from t = 999 is the denoiser's x0 at t = 999: the two trailing samplers agree.
     torch.testing.assert_close(masks["dpmsolver++", 1], masks["ddim-trailing", 1], atol=1e-5, rtol=0)
+    # DPM-Solver++(2M) takes first-order steps first and last (lower_order_final), and its first-order step is
+    # DDIM's (Lu et al. 2022, "DPM-Solver++"): at 2 steps the two agree up to where they clip x0; with 4, the
+    # second-order steps between move the maps.
+    torch.testing.assert_close(masks["dpmsolver++", 2], masks["ddim-trailing", 2], atol=1e-3, rtol=0)
+    assert (masks["dpmsolver++", 4] - masks["ddim-trailing", 4]).abs().max() > 1e-3
 
 
 def _pre_change_ddim(x0_model, x_T, scheduler, num_steps, on_x0=None):
@@ -141,7 +146,7 @@ def test_ddim_reproduces_the_masks_of_the_code_before_samplers_were_settings(mon
     for name, (options, probability_sum, uncertainty_sum, mask_pixels, detection) in REFERENCE.items():
         result = pipeline.predict(image, **options)
         with monkeypatch.context() as patch:
-            patch.setattr("diffiml_cli.inference.sample", _pre_change_ddim)
+            patch.setattr("diffiml_cli.map_models.sample", _pre_change_ddim)
             before = pipeline.predict(image, **options)
         for now, then in ((result.probability, before.probability), (result.uncertainty, before.uncertainty),
                           (result.mask, before.mask)):

@@ -104,7 +104,7 @@ def test_condition_term_once_per_view_gives_the_masks_of_the_full_denoiser_at_ev
     with torch.no_grad():
         views = torch.cat([images, images.flip(-1)])
         condition = predictor.localizer.encoder(views).repeat_interleave(3, dim=0)
-        x_T = predictor._initial_noise(4, 3, condition.shape[-2:], options.seed)
+        x_T = predictor.maps.initial_noise(4, 3, condition.shape[-2:], options.seed, condition.device)
         z0 = sample(lambda x_t, t: denoiser(x_t, t, condition), x_T, predictor.scheduler(None), options.steps)
         mean = predictor.localizer.decode_mask(z0.unflatten(0, (4, 3)).mean(dim=1))
         expected = decoded_to_probability(mean)

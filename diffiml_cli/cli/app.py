@@ -2,19 +2,25 @@
 
 Exit codes: 0 everything succeeded; 1 some inputs failed, or the run could not start (a one-line reason
 on stderr); 2 a usage error (a bad option). Set DIFFIML_DEBUG=1 to get tracebacks instead.
+
+Starting is instant: the command modules import only typer, rich and light modules at the top, and torch and
+the models inside the command that runs (tests/test_cli_start.py keeps it so).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import warnings
+from typing import Annotated
 
 import typer
 
 from diffiml_cli.cli.display import set_command_options, visible
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.version import __version__
 
 
 def _reporting_errors(command):
@@ -55,27 +61,43 @@ app = _App(
     help="Find the manipulated pixels in an image, by latent diffusion (DiffIML).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffiml {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                                          is_eager=True)] = False,
+) -> None:
     """Find the manipulated pixels in an image, by latent diffusion (DiffIML)."""
 
 
-def _register() -> None:
-    from diffiml_cli.cli import benchmark, calibrate, convert, distill_noiseprint, distill_vae, evaluate, localize, report, train
+# Command name -> "module:function" under diffiml_cli.cli, in the order `diffiml --help` lists them. A command
+# module imports only light modules at its top (torch and the models inside the function).
+COMMANDS = {
+    "localize": "localize:localize",
+    "report": "report:report",
+    "evaluate": "evaluate:evaluate",
+    "calibrate": "calibrate:calibrate",
+    "benchmark": "benchmark:benchmark",
+    "train": "train:train",
+    "distill-vae": "distill_vae:distill_vae",
+    "distill-noiseprint": "distill_noiseprint:distill_noiseprint",
+    "convert": "convert:convert",
+}
 
-    app.command(name="localize")(localize.localize)
-    app.command(name="benchmark")(benchmark.benchmark)
-    app.command(name="distill-vae")(distill_vae.distill_vae)
-    app.command(name="evaluate")(evaluate.evaluate)
-    app.command(name="train")(train.train)
-    app.command(name="calibrate")(calibrate.calibrate)
-    app.command(name="report")(report.report)
-    app.command(name="convert")(convert.convert)
-    app.command(name="distill-noiseprint")(distill_noiseprint.distill_noiseprint)
+
+def _register() -> None:
+    for name, target in COMMANDS.items():
+        module, function = target.split(":")
+        app.command(name=name)(getattr(importlib.import_module(f"diffiml_cli.cli.{module}"), function))
 
 
 _register()

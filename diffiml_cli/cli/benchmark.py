@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffiml_cli.benchmarking import benchmark_model, run_benchmark
 from diffiml_cli.cli.common import (
     SAMPLING,
     AllowPickleOption,
@@ -23,7 +22,7 @@ from diffiml_cli.cli.common import (
     stderr,
     warn_if_emulated,
 )
-from diffiml_cli.inference import PRECISIONS, resolve_device, resolve_precision
+from diffiml_cli.defaults import DEFAULT_PRECISION, PRECISIONS
 from diffiml_cli.presets import PRESETS
 
 
@@ -49,7 +48,8 @@ def benchmark(
     batch_size: Annotated[str, typer.Option(help="Comma-separated batch sizes (images per call) to time.")] = "1,8",
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help=f"Comma-separated precisions to time side by side ({', '.join(PRECISIONS)}); "
-                                           "fp32 among them gives each row its speed-up.")] = "fp32",
+                                           "auto is what localize runs; fp32 among them gives each row its speed-up.")
+                         ] = DEFAULT_PRECISION,
     fp16: Fp16Option = False,
     compile: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser, as `localize --compile` does; "
@@ -68,6 +68,9 @@ def benchmark(
 ) -> None:
     """Measure parameters, GFLOPs per image and images/s of the inference path for each (precision, sampler and
     steps, N, batch)."""
+    from diffiml_cli.benchmarking import benchmark_model, run_benchmark
+    from diffiml_cli.inference import resolve_device, resolve_precision
+
     samplings = parse_samplings(sampler, steps) if sampler else None
     ensembles = parse_int_list(ensemble, "--ensemble")
     batch_sizes = parse_int_list(batch_size, "--batch-size")

@@ -10,11 +10,8 @@ import typer
 
 from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
                                     EnsembleOption, SamplerOption, SeedOption, StepsOption, open_pipeline, stderr)
-from diffiml_cli.checkpoint import default_checkpoint
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.evaluation.calibration import calibrate as choose, check_copy_target, write_calibrated
-from diffiml_cli.evaluation.datasets import load_datasets
-from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
+from diffiml_cli.defaults import DEFAULT_PRECISION, SamplingOptions
 
 
 def calibrate(
@@ -40,6 +37,10 @@ def calibrate(
     """Score the calibration set, pick the lowest detection threshold whose authentic false-alarm rate is at most
     --target-far in every listed precision, and write the checkpoint with that threshold (and --gate) in its
     config; weights unchanged."""
+    from diffiml_cli.checkpoint import default_checkpoint
+    from diffiml_cli.evaluation.calibration import calibrate as choose, check_copy_target, write_calibrated
+    from diffiml_cli.evaluation.datasets import load_datasets
+
     check_copy_target(checkpoint or default_checkpoint(), out)  # before scoring the set, which takes a while
     (name, (spec, pairs)), = load_datasets([data]).items()
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed, sampler=sampler)

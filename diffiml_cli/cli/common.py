@@ -1,21 +1,25 @@
-"""Option types and helpers shared by several sub-commands. Defaults come from the library's dataclasses."""
+"""Option types and helpers shared by several sub-commands. Defaults come from `diffiml_cli.defaults`, which
+imports nothing heavy: torch and the models are imported inside the functions that load a model."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import signal
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
+from diffiml_cli.defaults import DEFAULT_PRECISION, DEFAULT_TILE_OVERLAP, PRECISIONS, SamplingOptions
 from diffiml_cli.diffusion.samplers import example as sampler_examples, sampler_name
-from diffiml_cli.distributed import rank_device
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import DEFAULT_PRECISION, PRECISIONS, SamplingOptions, bf16_is_emulated
-from diffiml_cli.pipeline import DEFAULT_TILE_OVERLAP, LocalizationPipeline, load_localizer
+
+if TYPE_CHECKING:
+    from diffiml_cli.pipeline import LocalizationPipeline
 
 stderr = Console(stderr=True)
 SAMPLING = SamplingOptions()  # the defaults every sampling option shows
@@ -33,9 +37,10 @@ StepsOption = Annotated[int, typer.Option(help="Sampling steps: denoiser calls p
                                            "timestep grid.", min=1, max=1000)]
 SamplerOption = Annotated[
     str | None,
-    typer.Option(help=f"The sampler, ALGORITHM[-SPACING] ({sampler_examples()}; ddim alone is ddim-leading): how the "
-                 "steps walk from noise to the mask, and on which timestep grid. Default: the checkpoint's "
-                 "(ddim-leading for the shipped one).", callback=lambda value: sampler_option(value)),
+    typer.Option(help=f"The sampler, ALGORITHM[-SPACING] ({sampler_examples()}; ddim alone is ddim-leading, "
+                 "dpmsolver++ alone dpmsolver++-trailing): how the steps walk from noise to the mask, and on which "
+                 "timestep grid. Default: the checkpoint's (ddim-leading for the shipped one).",
+                 callback=lambda value: sampler_option(value)),
 ]
 EnsembleOption = Annotated[int, typer.Option(help="Noise samples N, run as one batch; their latents are averaged.", min=1)]
 TtaOption = Annotated[bool, typer.Option("--tta/--no-tta", help="Also predict the mirrored image and merge by max.")]
@@ -45,7 +50,8 @@ PrecisionOption = Annotated[
     str, typer.Option(help=f"{', '.join(PRECISIONS)}: auto is fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.")
 ]
 Fp16Option = Annotated[bool, typer.Option("--fp16/--no-fp16", help="The same as --precision fp16 (CUDA only).")]
-SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the sampling noise: the same seed gives the same mask.", min=0,
+                                         max=2**64 - 1)]  # what torch's generator takes
 BatchSizeOption = Annotated[int, typer.Option(help="Images (or tiles of one image) per forward pass.", min=1)]
 ResolutionOption = Annotated[
     str | None,
@@ -67,6 +73,63 @@ AllowPickleOption = Annotated[
     bool,
     typer.Option(help="Accept a pickle (.pth/.pt/.bin) checkpoint, loaded with torch.load(weights_only=True)."),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The options `localize` and `evaluate` share, declared once: the checkpoint, how to sample, the verdict's
+    mask threshold and gate, and where and how the model runs. Each field is one option (RUN_OPTION_TYPES)."""
+
+    checkpoint: str | None = None
+    sampler: str | None = SAMPLING.sampler
+    steps: int = SAMPLING.steps
+    ensemble: int = SAMPLING.ensemble
+    tta: bool = SAMPLING.tta
+    threshold: float = 0.5
+    gate: bool | None = None
+    device: str = "auto"
+    precision: str = DEFAULT_PRECISION
+    fp16: bool = False
+    seed: int = SAMPLING.seed
+    batch_size: int = 1
+    tile: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    resolution: str | None = None
+    allow_pickle: bool = False
+
+    @property
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(steps=self.steps, ensemble=self.ensemble, tta=self.tta, seed=self.seed,
+                               sampler=self.sampler)
+
+
+RUN_OPTION_TYPES = {
+    "checkpoint": CheckpointOption, "sampler": SamplerOption, "steps": StepsOption, "ensemble": EnsembleOption, "tta": TtaOption,
+    "threshold": ThresholdOption, "gate": GateOption, "device": DeviceOption, "precision": PrecisionOption,
+    "fp16": Fp16Option, "seed": SeedOption, "batch_size": BatchSizeOption, "tile": TileOption,
+    "tile_overlap": TileOverlapOption, "resolution": ResolutionOption, "allow_pickle": AllowPickleOption,
+}
+
+
+def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `command` every RunOptions field as its own option, in place of its `run: RunOptions` parameter;
+    the command receives them gathered as `run`. Typer reads the signature this sets."""
+    keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every option by name, so any order of defaults is valid
+    signature = inspect.signature(command, eval_str=True)
+    fields = [inspect.Parameter(f.name, keyword, default=f.default, annotation=RUN_OPTION_TYPES[f.name])
+              for f in dataclasses.fields(RunOptions)]
+    parameters = []
+    for parameter in signature.parameters.values():
+        parameters.extend(fields if parameter.name == "run" else [parameter.replace(kind=keyword)])
+
+    @functools.wraps(command)
+    def run_command(*args: Any, **kwargs: Any) -> Any:
+        run = RunOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(RunOptions) if f.name in kwargs})
+        return command(*args, run=run, **kwargs)
+
+    run_command.__signature__ = signature.replace(parameters=parameters)
+    run_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run_command
 
 
 def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
@@ -96,14 +159,6 @@ def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
     return names
 
 
-def parse_sampler_list(text: str, option: str = "--sweep-sampler") -> list[str]:
-    """'ddim,ddim-trailing' -> ["ddim-leading", "ddim-trailing"], else a usage error (exit 2) naming the option."""
-    names = [parse_sampler(item, option) for item in text.split(",") if item.strip()]
-    if not names:
-        raise typer.BadParameter(f"expected comma-separated sampler names, got {text!r}", param_hint=option)
-    return names
-
-
 def sampler_option(value: str | None) -> str | None:
     """--sampler's check: None stays None (the checkpoint's sampler), a name becomes its canonical form."""
     return None if value is None else parse_sampler(value, "--sampler")
@@ -116,15 +171,31 @@ def precision_of(precision: str, fp16: bool) -> str:
 
 def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAULT_PRECISION, fp16: bool = False,
                   allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, calibrating: bool = False,
-                  **options: Any) -> LocalizationPipeline:
-    """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU)."""
+                  resolution: str | None = None, compile: bool = False, threshold: float = 0.5,
+                  gate: bool | None = None, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                  batch_size: int = 1) -> LocalizationPipeline:
+    """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU), and
+    its warnings: bf16 emulated, and (unless `calibrating`) a verdict calibrated in another precision or sampling."""
+    from diffiml_cli.distributed import rank_device
+    from diffiml_cli.pipeline import load_localizer
+
     pipeline = load_localizer(checkpoint, device=rank_device(device), precision=precision_of(precision, fp16),
-                              allow_pickle=allow_pickle, sampling=sampling, **options)
+                              allow_pickle=allow_pickle, resolution=resolution, compile=compile, sampling=sampling,
+                              threshold=threshold, gate=gate, tile=tile, tile_overlap=tile_overlap,
+                              batch_size=batch_size)
     warn_if_emulated(pipeline.predictor.precision, pipeline.predictor.device)
     if not calibrating:
         warn_if_uncalibrated_precision(pipeline)
         warn_if_uncalibrated_sampling(pipeline)
     return pipeline
+
+
+def open_run(run: RunOptions, *, compile: bool = False) -> LocalizationPipeline:
+    """`open_pipeline` with the options `localize` and `evaluate` share (RunOptions); `compile` is localize's."""
+    return open_pipeline(run.checkpoint, device=run.device, precision=run.precision, fp16=run.fp16,
+                         allow_pickle=run.allow_pickle, sampling=run.sampling, resolution=run.resolution,
+                         compile=compile, threshold=run.threshold, gate=run.gate, tile=run.tile,
+                         tile_overlap=run.tile_overlap, batch_size=run.batch_size)
 
 
 def warn_if_uncalibrated_sampling(pipeline: LocalizationPipeline) -> None:
@@ -160,6 +231,8 @@ def warn_if_uncalibrated_precision(pipeline: LocalizationPipeline) -> None:
 
 def warn_if_emulated(precision: str, device: Any) -> None:
     """One line on stderr when bf16 was asked for on a CPU that does not compute it natively."""
+    from diffiml_cli.inference import bf16_is_emulated
+
     if bf16_is_emulated(precision, device):
         stderr.print("[yellow]warning:[/] this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), so --precision "
                      "bf16 is emulated and slower than fp32 here; --precision auto picks fp32 on it")
@@ -196,5 +269,3 @@ def stop_on_interrupt() -> Iterator[list[int]]:
         for number, action in previous.items():
             signal.signal(number, action)
 
-
-TILE_OVERLAP = DEFAULT_TILE_OVERLAP

@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from diffiml_cli.checkpoint import save_checkpoint
 from diffiml_cli.cli.common import stderr
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.models.official_weights import load_official
 
 
 def convert(
@@ -32,6 +30,9 @@ def convert(
         stderr.print(f"converted {markup_safe(localizer)} -> {markup_safe(out)}; use it with --noiseprint "
                      f"{markup_safe(out)} (GRIP-UNINA's licence: non-profit use only, cite TruFor)", soft_wrap=True)
         return
+    from diffiml_cli.checkpoint import save_checkpoint
+    from diffiml_cli.models.official_weights import load_official
+
     model, config = load_official(localizer, vae)
     save_checkpoint(out, model, config)
     stderr.print(f"converted {markup_safe(localizer)} -> {markup_safe(out)}; use it with --checkpoint "

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from diffiml_cli.cli.common import DeviceOption, stderr
-from diffiml_cli.distillation import DistillResult, DistillSettings, StepStats, distill_vae as run_distillation
-from diffiml_cli.distillation.decoder_refit import RefitSettings, refit_checkpoint
-from diffiml_cli.distillation.teacher import DEFAULT_TEACHER
-from diffiml_cli.inference import resolve_device
+from diffiml_cli.cli.progress import progress_bar
+from diffiml_cli.distillation.settings import DEFAULT_TEACHER, DistillSettings, RefitSettings
+
+if TYPE_CHECKING:
+    from diffiml_cli.distillation import StepStats
 
 DISTILL = DistillSettings()  # the defaults every option shows
 REFIT = RefitSettings()
@@ -55,6 +55,9 @@ def distill_vae(
         "--exclude-photos", help="With --refit-decoder: text files of photo stems to leave out. Repeatable.")] = [],  # noqa: B006
 ) -> None:
     """Train the mask autoencoder; writes model.safetensors, config.json and report.json to --out."""
+    from diffiml_cli.distillation import distill_vae as run_distillation
+    from diffiml_cli.inference import resolve_device
+
     if refit_decoder:
         _refit(refit_decoder, synthetic_from, exclude_photos, steps=steps or REFIT.steps, seed=seed, out=out)
         return
@@ -64,15 +67,12 @@ def distill_vae(
         data=tuple(data or ()), steps=steps, batch_size=batch_size, image_size=image_size,
         lambda_lat=lambda_lat, recon_loss=recon_loss, lr=lr, bf16=bf16, seed=seed, save_every=save_every,
     )
-    progress = Progress(
-        TextColumn("[bold]distill-vae"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=stderr,
-    )
-    task = progress.add_task("distill", total=steps, losses="")
+    progress = progress_bar("distill-vae", "step", stderr, fields="{task.fields[losses]}")
+    task = progress.add_task("distill", total=steps, losses="", start=False)
     running: dict[str, float] = {}
 
     def on_step(stats: StepStats) -> None:
-        if not progress.live.is_started:  # started here, so a teacher that fails to load leaves no bar behind
+        if not progress.tasks[task].started:  # started here, so a teacher that fails to load leaves no bar behind
             progress.reset(task, start=True, completed=stats.step - 1)
             progress.start()
         losses = {"L1": stats.l1, "latent MSE": stats.latent_mse}
@@ -90,12 +90,12 @@ def distill_vae(
 
 
 def _refit(checkpoint: str, photos: Path | None, exclude: list[Path], *, steps: int, seed: int, out: Path) -> None:
+    from diffiml_cli.distillation.decoder_refit import refit_checkpoint
     from diffiml_cli.training_setup import read_stems
 
     settings = RefitSettings(photos=str(photos or ""), steps=steps, seed=seed)
     excluded = [stem for path in exclude for stem in read_stems(path)]
-    with Progress(TextColumn("[bold]refit decoder"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[loss]}"), console=stderr) as progress:
+    with progress_bar("refit decoder", "step", stderr, fields="{task.fields[loss]}") as progress:
         task = progress.add_task("refit", total=steps, loss="")
         result = refit_checkpoint(checkpoint, settings, out, exclude=excluded,
                                   on_step=lambda step, loss: progress.update(task, completed=step, loss=f"L1 {loss:.4f}"))
@@ -105,6 +105,8 @@ def _refit(checkpoint: str, photos: Path | None, exclude: list[Path], *, steps: 
 
 
 def _print_report(result) -> None:
+    from diffiml_cli.distillation import DistillResult
+
     report = result.report
     table = Table(title=f"Reconstruction of {report.rows[0].count + report.rows[0].empty_count} held-out "
                   f"procedural masks at {report.image_size} px (threshold 0.5)")

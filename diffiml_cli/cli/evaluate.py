@@ -4,47 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
-                                    DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
-                                    TileOverlapOption, TtaOption, open_pipeline, parse_int_list,
-                                    parse_sampler_list, stderr)
+from diffiml_cli.cli.common import (RunOptions, open_run, parse_int_list, parse_sampler_list, stderr,
+                                    with_run_options)
 from diffiml_cli.cli.display import markup_safe
+from diffiml_cli.cli.progress import progress_bar
 from diffiml_cli.cli.tables import evaluate_help, print_metrics, print_sweep
-from diffiml_cli.distributed import init_distributed
-from diffiml_cli.evaluation.datasets import load_datasets
-from diffiml_cli.evaluation.report import jsonable, report_document, write_report
-from diffiml_cli.evaluation.robustness import PERTURBATION_LEVELS, parse_kinds
-from diffiml_cli.evaluation.scoring import EvaluateOptions, evaluate_datasets
-from diffiml_cli.evaluation.sweep import SweepGrid, run_sweep, write_sweep
-from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
+
+if TYPE_CHECKING:
+    from diffiml_cli.evaluation.sweep import SweepGrid
 
 
+@with_run_options
 def evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="A dataset as NAME=SPEC (repeatable); SPEC is an "
                     "IMDL-BenCo JSON list of (image, mask or \"Negative\") pairs, or a folder with Tp/ + Gt/ (+ Au/). "
                     "Without NAME= the file or folder stem names it.")],
-    checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.json, metrics.csv, "
                                       "per_image.csv and robustness_<kind>.png.")] = Path("diffiml-eval"),
-    sampler: SamplerOption = SAMPLING.sampler,
-    steps: StepsOption = SAMPLING.steps,
-    ensemble: EnsembleOption = SAMPLING.ensemble,
-    tta: TtaOption = SAMPLING.tta,
-    threshold: ThresholdOption = 0.5,
-    gate: GateOption = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = DEFAULT_PRECISION,
-    fp16: Fp16Option = False,
-    batch_size: BatchSizeOption = 1,
-    tile: TileOption = None,
-    tile_overlap: TileOverlapOption = TILE_OVERLAP,
-    seed: SeedOption = SAMPLING.seed,
+    run: RunOptions = RunOptions(),
     save_predictions: Annotated[bool, typer.Option(help="Also write <out>/predictions/<dataset>/.../<stem>_prob.png "
                                                    "(probability x 255 at the original size, clean pass).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of the tables.")] = False,
@@ -59,31 +40,32 @@ def evaluate(
                                                     "(steps, N) pair once per --seeds seed; writes sweep.json and sweep.csv.")] = None,
     sweep_ensemble: Annotated[str | None, typer.Option(help="Comma-separated ensemble sizes N to sweep.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated sampling seeds of a sweep (default: --seed).")] = None,
-    resolution: ResolutionOption = None,
-    allow_pickle: AllowPickleOption = False,
 ) -> None:
+    from diffiml_cli.distributed import init_distributed
+    from diffiml_cli.evaluation.datasets import load_datasets
+    from diffiml_cli.evaluation.robustness import PERTURBATION_LEVELS, parse_kinds
+    from diffiml_cli.evaluation.scoring import EvaluateOptions, evaluate_datasets
+    from diffiml_cli.evaluation.sweep import SweepGrid, run_sweep
+
     kinds = parse_kinds(robustness)
     grid = None
     if sweep_sampler or sweep_steps or sweep_ensemble or seeds:
-        grid = SweepGrid(steps=parse_int_list(sweep_steps, "--sweep-steps") if sweep_steps else [steps],
-                         ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [ensemble],
-                         seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [seed], tta=tta,
-                         samplers=parse_sampler_list(sweep_sampler) if sweep_sampler else [sampler])
+        grid = SweepGrid(steps=parse_int_list(sweep_steps, "--sweep-steps") if sweep_steps else [run.steps],
+                         ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [run.ensemble],
+                         seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [run.seed], tta=run.tta,
+                         samplers=parse_sampler_list(sweep_sampler) if sweep_sampler else [run.sampler])
     datasets = load_datasets(data, limit)
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
-    pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
-                             sampling=sampling, resolution=resolution, threshold=threshold, gate=gate, tile=tile,
-                             tile_overlap=tile_overlap, batch_size=batch_size)
+    pipeline = open_run(run)
     context = init_distributed(pipeline.predictor.device)
-    options = EvaluateOptions(robustness=kinds, seed=seed,
+    options = EvaluateOptions(robustness=kinds, seed=run.seed,
                               save_predictions_dir=out / "predictions" if save_predictions else None)
-    run_info = {**pipeline.run_info(), "batch_size": batch_size, "limit": limit, "robustness": list(kinds),
+    run_info = {**pipeline.run_info(), "batch_size": run.batch_size, "limit": limit, "robustness": list(kinds),
                 "data": {name: spec for name, (spec, _) in datasets.items()}}
     pairs = {name: pairs for name, (_, pairs) in datasets.items()}
     passes = (len(grid.samplers) * len(grid.steps) * len(grid.ensembles) * len(grid.seeds) if grid else
               1 + sum(len(PERTURBATION_LEVELS[kind]) for kind in kinds))
     try:
-        with _progress(context.is_main) as progress:
+        with progress_bar("evaluate", "img", stderr, fields="{task.fields[stage]}", show=context.is_main) as progress:
             task = progress.add_task("evaluate", total=passes * sum(len(p) for p in pairs.values()) // context.world_size,
                                      stage="")
 
@@ -103,18 +85,15 @@ def evaluate(
     if grid is not None:
         _finish_sweep(document, out, json_output, grid)
     else:
-        _finish(report, out, json_output, threshold, run_info)
+        _finish(report, out, json_output, run.threshold, run_info)
 
 
 evaluate.__doc__ = evaluate_help()
 
 
-def _progress(show: bool) -> Progress:
-    return Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[stage]}", markup=False), console=stderr, disable=not show)
-
-
 def _finish(report, out: Path, json_output: bool, threshold: float, run_info: dict) -> None:
+    from diffiml_cli.evaluation.report import report_document, write_report
+
     written = write_report(report, out, threshold=threshold, run_info=run_info)
     if json_output:
         typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2, allow_nan=False))
@@ -126,6 +105,9 @@ def _finish(report, out: Path, json_output: bool, threshold: float, run_info: di
 
 
 def _finish_sweep(document: dict, out: Path, json_output: bool, grid: SweepGrid) -> None:
+    from diffiml_cli.evaluation.report import jsonable
+    from diffiml_cli.evaluation.sweep import write_sweep
+
     written = write_sweep(document, out)
     if json_output:
         typer.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))

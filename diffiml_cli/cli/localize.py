@@ -1,46 +1,30 @@
-"""`diffiml localize`: write mask, probability, overlay and uncertainty PNGs for each input image."""
+"""`diffiml localize`: write mask, probability, overlay and uncertainty PNGs for each input image, and print
+each image's verdict, detection score and marked share as it finishes."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from diffiml_cli.batch import RESULTS_JSON, ImageResult, LocalizeOptions, RunSummary, localize_files, prepare_out_dir
-from diffiml_cli.cli.common import (SAMPLING, TILE_OVERLAP, AllowPickleOption, BatchSizeOption, CheckpointOption,
-                                    DeviceOption, EnsembleOption, Fp16Option, GateOption, PrecisionOption,
-                                    ResolutionOption, SamplerOption, SeedOption, StepsOption, ThresholdOption, TileOption,
-                                    TileOverlapOption, TtaOption, open_pipeline, stderr, stop_on_interrupt)
+from diffiml_cli.cli.common import RunOptions, open_run, stderr, stop_on_interrupt, with_run_options
 from diffiml_cli.cli.display import markup_safe, visible
-from diffiml_cli.distributed import init_distributed
-from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, list_images
-from diffiml_cli.inference import DEFAULT_PRECISION, SamplingOptions
+from diffiml_cli.cli.progress import progress_bar
+from diffiml_cli.defaults import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from diffiml_cli.batch import ImageResult, RunSummary
 
 
+@with_run_options
 def localize(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
-    checkpoint: CheckpointOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("diffiml-out"),
-    sampler: SamplerOption = SAMPLING.sampler,
-    steps: StepsOption = SAMPLING.steps,
-    ensemble: EnsembleOption = SAMPLING.ensemble,
-    tta: TtaOption = SAMPLING.tta,
-    threshold: ThresholdOption = 0.5,
-    gate: GateOption = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = DEFAULT_PRECISION,
-    fp16: Fp16Option = False,
-    seed: SeedOption = SAMPLING.seed,
-    batch_size: BatchSizeOption = 1,
-    tile: TileOption = None,
-    tile_overlap: TileOverlapOption = TILE_OVERLAP,
+    run: RunOptions = RunOptions(),
     overwrite: Annotated[bool, typer.Option(help="Redo images whose outputs already exist.")] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).", min=1)] = DEFAULT_MAX_PIXELS,
-    resolution: ResolutionOption = None,
-    allow_pickle: AllowPickleOption = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the denoiser.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write <out>/report.html, the case report "
                                          "of every image in --out (as `diffiml report` does).")] = False,
@@ -50,24 +34,29 @@ def localize(
                                                            "checkpoint (default: the shipped LightNP, weights/lightnp) "
                                                            "or noiseprint++.th itself.")] = None,
 ) -> None:
-    """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json."""
+    """Localize manipulations: <stem>_mask.png (0/255), _prob.png, _overlay.png, _uncertainty.png, results.json.
+
+    Prints one line per image (verdict, detection score, share of pixels marked), a screenful at most; every
+    image's numbers are in results.json."""
+    from diffiml_cli.batch import LocalizeOptions, localize_files, prepare_out_dir
+    from diffiml_cli.distributed import init_distributed
+    from diffiml_cli.image_io import list_images
+
     images = list_images(inputs)
     prepare_out_dir(out)  # before the model loads and the progress bar starts: a bad --out fails fast, in one line
-    sampling = SamplingOptions(steps=steps, ensemble=ensemble, tta=tta, seed=seed, sampler=sampler)
-    pipeline = open_pipeline(checkpoint, device=device, precision=precision, fp16=fp16, allow_pickle=allow_pickle,
-                             sampling=sampling, compile=compile, resolution=resolution, threshold=threshold,
-                             gate=gate, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size)
+    pipeline = open_run(run, compile=compile)
     context = init_distributed(pipeline.predictor.device)
-    options = LocalizeOptions(out_dir=out, batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels)
+    options = LocalizeOptions(out_dir=out, batch_size=run.batch_size, overwrite=overwrite, max_pixels=max_pixels)
     start = time.perf_counter()
     try:
-        with stop_on_interrupt() as interrupted, _progress(context.is_main) as progress:
+        with stop_on_interrupt() as interrupted, progress_bar("localize", "img", stderr, fields="{task.fields[last]}",
+                                                               show=context.is_main) as progress:
             # Under torchrun rank 0 shows its own shard and the skips, so the total is unknown there.
             task = progress.add_task("localize", total=len(images) if context.world_size == 1 else None, last="")
+            lines = ResultLines(progress.console, show=context.is_main)
 
             def on_result(result: ImageResult) -> None:
-                if result.status == "failed":
-                    progress.console.print(f"[red]failed[/red] {markup_safe(result.error)}", soft_wrap=True)
+                lines.add(result)
                 progress.update(task, advance=1, last=visible(Path(result.image).name))
 
             summary = localize_files(images, pipeline, options, on_result=on_result, context=context,
@@ -85,20 +74,62 @@ def localize(
     _report(summary, out, time.perf_counter() - start, main=context.is_main, stop_signal=interrupted[0])
 
 
-def _progress(show: bool) -> Progress:
-    return Progress(TextColumn("[bold]localize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[last]}", markup=False), console=stderr, disable=not show)
+class ResultLines:
+    """One line per finished image, above the progress bar, until a screenful is shown; then one line saying
+    the rest are in results.json. Names are shown escaped (display.visible)."""
+
+    def __init__(self, console, *, show: bool) -> None:
+        self.console, self.show, self.shown = console, show, 0
+        self.limit = max(5, console.size.height - 4)
+
+    def add(self, result: ImageResult) -> None:
+        if not self.show:
+            return
+        if self.shown == self.limit:
+            self.console.print("[dim]... the other images' lines are in results.json[/dim]")
+        self.shown += 1
+        if self.shown <= self.limit:
+            self.console.print(result_line(result), soft_wrap=True, highlight=False)
+
+
+def result_line(result: ImageResult) -> str:
+    """`manipulated  detection 0.912  marked  12.3%  photo.jpg` (rich markup; the name escaped)."""
+    name = markup_safe(result.image)
+    if result.status == "failed":
+        return f"[red]failed[/red]       {markup_safe(result.error)}"
+    verdict = result.verdict or "no verdict"
+    colour = {"manipulated": "red", "authentic": "green"}.get(verdict, "default")
+    score = ("detection " if result.detection_score is not None else "max prob  ") + _number(
+        result.detection_score if result.detection_score is not None else result.image_score, ".3f")
+    marked = _number(result.manipulated_fraction, "6.1%")
+    kept = " [dim](kept: outputs exist)[/dim]" if result.status == "skipped" else ""
+    gated = " [dim](mask emptied: gate)[/dim]" if result.gated else ""
+    return f"[{colour}]{verdict:<11}[/{colour}]  {score}  marked {marked}  {name}{kept}{gated}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def verdict_counts(results: list[ImageResult]) -> str:
+    """`verdicts: 2 manipulated, 5 authentic, 1 without a verdict` over the images localized or kept."""
+    verdicts = [r.verdict or "without a verdict" for r in results if r.status != "failed"]
+    named = ("manipulated", "authentic", "without a verdict")
+    return "verdicts: " + (", ".join(f"{verdicts.count(v)} {v}" for v in named if v in verdicts) or "none")
 
 
 def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool, stop_signal: int = 0) -> None:
     """The closing lines: counts, failures one per line, then the exit code (128 + the signal's number when a
     stop signal ended the run: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; 1 failures)."""
+    from diffiml_cli.batch import RESULTS_JSON
+
     counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
     if main:
         left_out = f", {len(summary.not_analysed)} not analysed (see results.json)" if summary.not_analysed else ""
         stderr.print(f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
                      f"{counts['failed']} failed{left_out} in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}",
                      soft_wrap=True)
+        stderr.print(verdict_counts(summary.results), highlight=False)
     failures = [r for r in summary.results if r.status == "failed"]
     if failures:
         stderr.print("[red]failures:[/red]")

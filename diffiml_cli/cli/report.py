@@ -9,7 +9,6 @@ import typer
 
 from diffiml_cli.cli.common import stderr
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.report import build_report
 
 
 def report(
@@ -18,5 +17,7 @@ def report(
     title: Annotated[str | None, typer.Option(help="The page's title. Default: 'Case report: <folder>'.")] = None,
 ) -> None:
     """Write OUT_DIR/report.html: each image's thumbnails, scores, verdict and file metadata, sortable, filterable."""
+    from diffiml_cli.report import build_report
+
     path = build_report(out_dir, title=title)
     stderr.print(f"report -> {markup_safe(path)}", soft_wrap=True)

@@ -4,15 +4,17 @@ false alarms on authentic images), the robustness curves, and a sweep's cells.""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from diffiml_cli.cli.display import markup_safe
-from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
-from diffiml_cli.evaluation.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS, PERTURBATION_LEVELS
-from diffiml_cli.evaluation.scoring import AVERAGE_DEFINITION, METRIC_KEYS, EvaluationReport
-from diffiml_cli.evaluation.sweep import SWEEP_METRICS
+from diffiml_cli.evaluation.definitions import (AVERAGE_DEFINITION, LEVEL_NAMES, METRIC_DEFINITIONS, METRIC_KEYS,
+                                                PERTURBATION_DEFINITIONS, PERTURBATION_LEVELS, SWEEP_METRICS)
+
+if TYPE_CHECKING:
+    from diffiml_cli.evaluation.scoring import EvaluationReport
 
 
 def number(value: float | None, digits: int = 3) -> str:

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
 from diffiml_cli.cli.display import markup_safe
+from diffiml_cli.cli.progress import progress_bar
+from diffiml_cli.defaults import SamplingOptions
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.inference import SamplingOptions, resolve_device
-from diffiml_cli.training import SELECTION_METRICS, TrainOptions
-from diffiml_cli.training_setup import DataRecipe, ModelRecipe, parse_kinds, read_stems, start_training, stems_of
+from diffiml_cli.training_options import SELECTION_METRICS, DataRecipe, ModelRecipe, TrainOptions
 
 DEFAULT = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
 DATA = DataRecipe()
@@ -83,6 +82,9 @@ def train(
     device: DeviceOption = "auto",
 ) -> None:
     """Train DiffIML's condition encoder and denoiser on frozen MaskVAE latents (Algorithm 1)."""
+    from diffiml_cli.inference import resolve_device
+    from diffiml_cli.training_setup import parse_kinds, read_stems, start_training, stems_of
+
     if (steps is None) == (epochs is None):
         raise DiffimlError("give exactly one of `steps` and `epochs`")
     recipe = ModelRecipe(preset=preset, kind=model, edge=edge, image_size=image_size, resolution=resolution, vae=vae,
@@ -101,18 +103,17 @@ def train(
         num_workers=num_workers, authentic_per_batch=authentic_per_batch, select_by=select_by,
         detector_sampling=SamplingOptions(steps=detector_steps, ensemble=detector_ensemble),
         detector_precision=detector_precision)
-    progress = _progress()
-    task = progress.add_task("train", total=None, loss="-", speed="-", val="")
+    progress = progress_bar("train", "step", stderr, fields="loss {task.fields[loss]}  {task.fields[val]}")
+    task = progress.add_task("train", total=None, loss="-", val="")
 
     def on_start(trainer) -> None:  # started here, so that a run that cannot start leaves no bar behind
-        progress.update(task, total=trainer.options.steps, completed=trainer.step)
+        progress.reset(task, total=trainer.options.steps, completed=trainer.step)  # a resumed run's rate starts here
         if trainer.context.is_main:
             progress.start()
 
     def on_step(step: int, record: dict) -> None:
         val_text = f"val F1 {record['val_f1']:.3f}" if "val_f1" in record else progress.tasks[task].fields["val"]
-        progress.update(task, completed=step, loss=f"{record['loss']:.4f}", speed=f"{record['steps_per_s']:.2f}",
-                        val=val_text)
+        progress.update(task, completed=step, loss=f"{record['loss']:.4f}", val=val_text)
 
     try:
         trainer = start_training(recipe, sources, options, device=resolve_device(device), resume=resume,
@@ -122,9 +123,3 @@ def train(
     if trainer.context.is_main:
         stderr.print(f"done: {markup_safe(out / 'final')} (inference checkpoint), log {markup_safe(out / 'metrics.jsonl')}",
                      soft_wrap=True)
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("loss {task.fields[loss]}  {task.fields[speed]} step/s  {task.fields[val]}"),
-                    console=stderr)

@@ -58,7 +58,8 @@ class SamplerConfig:
         if self.algorithm not in ALGORITHMS:
             raise DiffimlError(f"unknown sampler {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if self.timestep_spacing not in SPACINGS:
-            raise DiffimlError(f"unknown timestep spacing {self.timestep_spacing!r}; choose one of {', '.join(SPACINGS)}")
+            raise DiffimlError(f"unknown timestep spacing {self.timestep_spacing!r}; "
+                               f"choose one of {', '.join(SPACINGS)}")
 
     @property
     def name(self) -> str:

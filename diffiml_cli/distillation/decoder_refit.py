@@ -32,32 +32,12 @@ from torch import nn
 from diffiml_cli.config import ModelConfig
 from diffiml_cli.data.augment import crop_at_native_resolution
 from diffiml_cli.data.synthetic import SyntheticManipulations
+from diffiml_cli.distillation.settings import RefitSettings  # noqa: F401 - re-exported
 from diffiml_cli.distillation.targets import BATCH_NORM_STREAM, TRAIN_STREAM, TrainingTargets, reconstruction_report
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.inference import Predictor, SamplingOptions
 from diffiml_cli.models.localizer import Localizer
 from diffiml_cli.models.mask_vae import MaskVAE, build_decoder, checkerboard_share, decoded_to_probability
-
-
-@dataclass(frozen=True)
-class RefitSettings:
-    """What decides a decoder refit; the sampler latents come from `photos` (minus `exclude`, photo stems)."""
-
-    photos: str = ""
-    exclude: tuple[str, ...] = ()
-    decoder_channels: tuple[int, ...] = (64, 32, 16)  # about the old decoder's cost at 4x the convolved pixels
-    steps: int = 3000
-    batch_size: int = 8
-    mask_share: float = 0.5  # of each batch: procedural masks; the rest are sampler latents
-    image_size: int = 256  # the synthetic windows, and the held-out masks of the report
-    crop: int = 256  # training crops, in pixels (a multiple of 8; 128 gave held-out mask F1 0.936, 256 0.949)
-    lr: float = 2e-3
-    images: int = 192  # synthetic windows run through the sampler; each gives `latents_per_image` latents
-    latents_per_image: int = 8  # the mean, every member, and early-step x0 predictions of one member
-    sampling: SamplingOptions = SamplingOptions(steps=8, ensemble=5)
-    target_sigma: float = 2.0
-    batch_norm_samples: int = 256
-    seed: int = 0
 
 
 @dataclass(frozen=True)

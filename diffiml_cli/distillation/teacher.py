@@ -16,7 +16,6 @@ from torch import nn
 
 from diffiml_cli.errors import DiffimlError
 
-DEFAULT_TEACHER = "stabilityai/sd-vae-ft-mse"
 SD_SCALE_FACTOR = 0.18215  # Stable Diffusion's latent scale; AutoencoderKL's config default
 _TEACHER_HINT = "pass `teacher=none` to train without a teacher, or `teacher=/path/to/a/local/vae`"
 

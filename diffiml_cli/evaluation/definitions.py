@@ -1,4 +1,5 @@
-"""One-sentence definitions of every number `evaluate` reports, keyed as in metrics.json."""
+"""One-sentence definitions of every number `evaluate` reports, keyed as in metrics.json, the columns of its
+reports and the robustness protocol's levels: the text `diffiml evaluate --help` shows, so nothing heavy here."""
 
 METRIC_DEFINITIONS: dict[str, str] = {
     "pixel_f1": "Per-image pixel F1 = 2TP/(2TP+FP+FN) with pixels predicted manipulated where "
@@ -37,3 +38,38 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "seconds_per_image": "Mean wall-clock seconds of inference per image, excluding file reading.",
 }
 """Metric key -> one-sentence definition, for every number a report shows."""
+
+# Column order of every report; all are keys of METRIC_DEFINITIONS.
+METRIC_KEYS = (
+    "n_tampered", "n_authentic", "pixel_f1", "pixel_f1_all", "pixel_iou", "pixel_auc", "oracle_f1",
+    "oracle_threshold", "trivial_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc", "max_score_auc",
+    "image_accuracy", "image_balanced_accuracy", "seconds_per_image",
+)
+COUNT_KEYS = ("n_tampered", "n_authentic")
+# Each dataset's oracle picks its own threshold, so a mean of thresholds would describe no prediction.
+NOT_AVERAGED = ("oracle_threshold",)
+AVERAGE_DEFINITION = (
+    "Mean over datasets of each per-dataset value (datasets where it is undefined are left out); "
+    "n_tampered and n_authentic are totals; oracle_threshold is not averaged."
+)
+
+PERTURBATION_LEVELS: dict[str, tuple[int, ...]] = {
+    "jpeg": (100, 90, 80, 70, 60, 50),  # quality; lower = stronger
+    "blur": (3, 7, 11, 15, 19, 23),  # square kernel side in pixels
+    "noise": (3, 7, 11, 15, 19, 23),  # variance in squared 0..255 gray levels
+}
+"""Perturbation kind -> its levels, mildest first, as in the paper's robustness figure."""
+
+PERTURBATION_DEFINITIONS: dict[str, str] = {
+    "jpeg": "JPEG round trip through OpenCV (cv2.imencode, 4:2:0 chroma) at the given quality.",
+    "blur": "cv2.GaussianBlur with a k x k kernel and sigma 0, i.e. sigma = 0.3 ((k - 1) / 2 - 1) + 0.8.",
+    "noise": "Additive zero-mean Gaussian noise of the given variance on the 0..255 scale (std = sqrt(variance)), "
+    "rounded and clipped to 0..255; seeded per (seed, image index), so it is reproducible.",
+}
+"""Perturbation kind -> one-sentence definition, for reports."""
+
+LEVEL_NAMES = {"jpeg": "quality", "blur": "kernel", "noise": "variance"}
+
+# The metrics a sweep summarises over seeds.
+SWEEP_METRICS = ("pixel_f1", "pixel_f1_all", "oracle_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc",
+                 "max_score_auc", "image_balanced_accuracy", "seconds_per_image")

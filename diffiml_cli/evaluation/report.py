@@ -19,8 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
-from diffiml_cli.evaluation.robustness import LEVEL_NAMES, PERTURBATION_DEFINITIONS
-from diffiml_cli.evaluation.scoring import AVERAGE_DEFINITION, METRIC_KEYS, EvaluationReport, RobustnessLevel
+from diffiml_cli.evaluation.definitions import AVERAGE_DEFINITION, LEVEL_NAMES, METRIC_KEYS, PERTURBATION_DEFINITIONS
+from diffiml_cli.evaluation.scoring import EvaluationReport, RobustnessLevel
 from diffiml_cli.files import atomic_write_bytes
 from diffiml_cli.jsonsafe import finite_json
 

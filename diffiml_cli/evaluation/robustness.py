@@ -13,24 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.evaluation.definitions import LEVEL_NAMES, PERTURBATION_LEVELS
 from diffiml_cli.image_ops import gaussian_blur, jpeg_compress
-
-PERTURBATION_LEVELS: dict[str, tuple[int, ...]] = {
-    "jpeg": (100, 90, 80, 70, 60, 50),  # quality; lower = stronger
-    "blur": (3, 7, 11, 15, 19, 23),  # square kernel side in pixels
-    "noise": (3, 7, 11, 15, 19, 23),  # variance in squared 0..255 gray levels
-}
-"""Perturbation kind -> its levels, mildest first, as in the paper's robustness figure."""
-
-PERTURBATION_DEFINITIONS: dict[str, str] = {
-    "jpeg": "JPEG round trip through OpenCV (cv2.imencode, 4:2:0 chroma) at the given quality.",
-    "blur": "cv2.GaussianBlur with a k x k kernel and sigma 0, i.e. sigma = 0.3 ((k - 1) / 2 - 1) + 0.8.",
-    "noise": "Additive zero-mean Gaussian noise of the given variance on the 0..255 scale (std = sqrt(variance)), "
-    "rounded and clipped to 0..255; seeded per (seed, image index), so it is reproducible.",
-}
-"""Perturbation kind -> one-sentence definition, for reports."""
-
-LEVEL_NAMES = {"jpeg": "quality", "blur": "kernel", "noise": "variance"}
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -28,24 +28,11 @@ from diffiml_cli.data.readers import Pair, load_pair_with_form
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
+from diffiml_cli.evaluation.definitions import COUNT_KEYS, METRIC_KEYS, NOT_AVERAGED
 from diffiml_cli.evaluation.robustness import Perturbation, perturbations
 from diffiml_cli.image_io import save_png_atomic
 from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.pipeline import LocalizationPipeline
-
-# Column order of every report; all are keys of METRIC_DEFINITIONS.
-METRIC_KEYS = (
-    "n_tampered", "n_authentic", "pixel_f1", "pixel_f1_all", "pixel_iou", "pixel_auc", "oracle_f1",
-    "oracle_threshold", "trivial_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc", "max_score_auc",
-    "image_accuracy", "image_balanced_accuracy", "seconds_per_image",
-)
-COUNT_KEYS = ("n_tampered", "n_authentic")
-# Each dataset's oracle picks its own threshold, so a mean of thresholds would describe no prediction.
-NOT_AVERAGED = ("oracle_threshold",)
-AVERAGE_DEFINITION = (
-    "Mean over datasets of each per-dataset value (datasets where it is undefined are left out); "
-    "n_tampered and n_authentic are totals; oracle_threshold is not averaged."
-)
 
 ProgressCallback = Callable[[Pair, "str | None"], None]
 

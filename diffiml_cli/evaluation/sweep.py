@@ -19,6 +19,7 @@ import numpy as np
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.evaluation.definitions import SWEEP_METRICS
 from diffiml_cli.evaluation.report import csv_bytes, jsonable
 from diffiml_cli.evaluation.scoring import EvaluateOptions, evaluate_datasets
 from diffiml_cli.files import atomic_write_bytes
@@ -27,8 +28,6 @@ from diffiml_cli.pipeline import LocalizationPipeline
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
-SWEEP_METRICS = ("pixel_f1", "pixel_f1_all", "oracle_f1", "authentic_pixel_fpr", "authentic_any_rate", "image_auc",
-                 "max_score_auc", "image_balanced_accuracy", "seconds_per_image")
 
 
 def summarize_over_seeds(values: Sequence[float]) -> dict[str, float | list[float]]:
@@ -123,7 +122,8 @@ def write_sweep(document: dict, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / SWEEP_JSON, "csv": out_dir / SWEEP_CSV}
     atomic_write_bytes(paths["json"], (json.dumps(jsonable(document), indent=2, allow_nan=False) + "\n").encode())
-    header = ["sampler", "steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
+    header = ["sampler", "steps", "ensemble", "dataset"] + [f"{key}_{stat}" for key in SWEEP_METRICS
+                                                          for stat in ("mean", "std", "sem")]
     rows = [
         [cell["sampler"], cell["steps"], cell["ensemble"], name]
         + [metrics[key][stat] for key in SWEEP_METRICS for stat in ("mean", "std", "sem")]
