@@ -7,6 +7,7 @@ Each test states a rule of README *Exit codes and bad input*; each failed on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_the_same_photo_run_from_two_working_folders_is_one_record(tiny_checkpoi
     assert again.exit_code == 0 and "0 localized, 1 skipped" in again.stderr
     [entry] = _document(out)["images"]
     assert entry["path"] == str(image.resolve()) and entry["image_score"] == score
-    assert entry["sha256"] == __import__("hashlib").sha256(image.read_bytes()).hexdigest()
+    assert entry["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
 
 
 def test_a_file_replaced_since_its_run_is_not_credited_its_old_results(tiny_checkpoint, tmp_path):
@@ -142,7 +143,7 @@ def test_a_file_replaced_since_its_run_is_not_credited_its_old_results(tiny_chec
     assert "computed from other bytes" in result.stderr
     assert (out / "p_mask.png").read_bytes() == mask
     assert _localize(image, tiny_checkpoint, out, "--overwrite").exit_code == 0
-    assert _document(out)["images"][0]["sha256"] == __import__("hashlib").sha256(image.read_bytes()).hexdigest()
+    assert _document(out)["images"][0]["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
 
 
 def test_outputs_written_before_a_stop_took_their_record_are_computed_again_with_a_full_record(
@@ -176,9 +177,22 @@ def test_outputs_that_no_record_or_mark_vouches_for_are_refused(tiny_checkpoint,
 def test_every_output_png_names_the_bytes_it_was_computed_from(tiny_checkpoint, tmp_path):
     image, out = _save(tmp_path / "in" / "p.png"), tmp_path / "out"
     assert _localize(image, tiny_checkpoint, out).exit_code == 0
-    digest = __import__("hashlib").sha256(image.read_bytes()).hexdigest()
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
     for kind in KINDS:
         assert read_mark(out / f"p_{kind}.png") == {"source_sha256": digest, "kind": kind}
+
+
+def test_the_report_finds_inputs_by_their_real_path_and_says_when_a_file_changed_since(tiny_checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    image, out = _save(tmp_path / "case" / "p.png", seed=1), tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "case")
+    assert _localize(Path("p.png"), tiny_checkpoint, out).exit_code == 0
+    monkeypatch.chdir(tmp_path)  # the record's relative name no longer leads to the file from here
+    _save(image, seed=5)
+    assert _run("report", out).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "bytes changed since it was localized" in page
+    assert hashlib.sha256(image.read_bytes()).hexdigest() in page  # its metadata was read: the file was found
 
 
 # --- outputs are never taken for inputs ------------------------------------------------------------------------
