@@ -30,6 +30,7 @@ from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.evaluation.definitions import COUNT_KEYS, METRIC_KEYS, NOT_AVERAGED
 from diffiml_cli.evaluation.robustness import Perturbation, perturbations
+from diffiml_cli.files import require_inside
 from diffiml_cli.image_io import save_png_atomic
 from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.pipeline import LocalizationPipeline
@@ -220,6 +221,7 @@ def evaluate_dataset(
             local.append((index, names, one.entries()[0], None))
             if save_predictions_dir is not None:
                 path = output_paths(pair.image, root, save_predictions_dir)["prob"]
+                require_inside(save_predictions_dir, path)  # a planted link never leads a map outside --out
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_png_atomic(path, np.round(result.probability * 255).astype(np.uint8))
             on_progress(pair, None)
