@@ -65,7 +65,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("ModelConfig", "image_size"): _COUNT,
     ("ModelConfig", "native_max_side"): _COUNT,
 }
-# The sampling settings a calibration records and `SamplingOptions` holds (`api_checks.check_sampling_options`); a
+# The sampling settings a calibration records and `SamplingOptions` holds (`check_sampling_options`, below); a
 # recorded setting not named here (from a newer diffiml) is kept unchecked.
 SAMPLING_SETTINGS: dict[str, tuple[Any, Range | None]] = {
     "steps": (int, Range(1, 1000)), "ensemble": (int, _COUNT), "tta": (bool, None), "seed": (int, Range(0, 2**64 - 1)),

@@ -112,7 +112,8 @@ def start_training(model: ModelRecipe, data: DataRecipe, options: TrainOptions, 
               "synthetic_kinds": list(data.synthetic_kinds) if data.synthetic_kinds else "all",
               "other_camera_donors": data.other_camera_donors, "val": data.val, "init": model.init,
               "backbone_weights": model.backbone_weights, "vae": model.vae, "authentic_share": data.authentic_share,
-              "hard_negative_share": data.hard_negative_share}
+              "hard_negative_share": data.hard_negative_share,
+              "recipe": dataclasses.asdict(model)}  # so that `train --config <run>/train_config.json` repeats the run
     options = dataclasses.replace(options, steps=steps, data_sources=record,
                                   train_part="detector" if model.detector else options.train_part)
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=device)

@@ -81,3 +81,11 @@ def test_rate_column_reads_as_rate_or_seconds_per_item(speed, shown):
     task = Task()
     task.speed = speed
     assert RateColumn("img").render(task).plain == shown
+
+
+def test_the_changelog_has_a_section_for_the_version_the_command_prints():
+    from pathlib import Path
+
+    changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog and f"## [{__version__}] - " in changelog
+    assert "keepachangelog.com" in changelog

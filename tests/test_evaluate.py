@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffiml_cli.cli.app import app
+from diffiml_cli.config import CalibrationConfig, DetectorConfig
 from diffiml_cli.data.readers import Pair
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.definitions import METRIC_DEFINITIONS
@@ -165,6 +166,104 @@ def test_a_perfect_predictor_scores_near_one_at_the_original_resolution(tmp_path
     assert [(r["height"], r["width"]) for r in report.per_image] == [(48, 80), (90, 60), (40, 40)]
     assert [Path(b.image).name for b in report.bad_pairs] == ["missing.png"]
     assert sorted(name for name, _ in seen) == ["au.png", "missing.png", "p.png", "q.png"]
+
+
+class _ScoresInThePixels:
+    """A stand-in predictor with a detector: probability = the red channel, detection score = the green channel's
+    mean, so that a test sets each image's maps and both of its scores independently."""
+
+    def predict_inputs(self, inputs, options: SamplingOptions) -> list[Prediction]:
+        predictions = []
+        for item in inputs:
+            height, width = item.valid
+            image = item.tensor[None, :, :height, :width]
+            probability = image[:, :1].clone()
+            predictions.append(Prediction(probability, torch.zeros_like(probability), probability.amax(dim=(1, 2, 3)),
+                                          detection_score=image[:, 1].mean(dim=(1, 2))))
+        return predictions
+
+
+def _auc(positive: list[float], negative: list[float]) -> float:
+    """P(a tampered image outscores an authentic one), ties counting half."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
+    return sum(pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_image_metrics_read_the_detection_scores_and_rates_average_over_their_own_images(tmp_path, gate):
+    """Each image's red channel is its probability map and its green channel its detection score. The scores are
+    chosen so that every aggregation differs from its plausible slips: AUC and accuracies of the image scores
+    (the map's maximum) instead of the detection scores, a threshold of 0.5 instead of the calibrated 0.35,
+    accuracy instead of balanced accuracy, authentic rates over every image, pixel metrics that ignore the masks
+    the gate emptied."""
+    size = 32
+    box = np.zeros((size, size), bool)
+    box[:16, :16] = True
+    red = {
+        "t_exact": box,  # F1 1, no false positive
+        "t_loose": np.roll(box, 8, axis=1),  # half the box, and as many pixels beside it
+        "t_missed": np.zeros((size, size), bool),  # nothing found
+        "a_speck": np.pad(np.ones((8, 8), bool), ((0, 24), (0, 24))),  # 64 pixels marked on an authentic image
+        "a_faint": np.full((size, size), 100 / 255),  # max 0.39: below the pixel threshold everywhere
+        "a_clean": np.zeros((size, size), bool),
+        "a_dark": np.zeros((size, size), bool),
+    }
+    # 3 tampered and 4 authentic images, so that accuracy and balanced accuracy differ.
+    detection = {"t_exact": 0.9, "t_loose": 0.3, "t_missed": 0.45, "a_speck": 0.2, "a_faint": 0.52, "a_clean": 0.1,
+                 "a_dark": 0.05}
+    pairs, expected_maps = [], {}
+    for name, probability in red.items():
+        pixels = np.zeros((size, size, 3), np.uint8)
+        pixels[..., 0] = np.round(np.asarray(probability, np.float64) * 255)
+        pixels[..., 1] = round(detection[name] * 255)
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        mask = None
+        if name.startswith("t_"):  # t_missed's edit is smaller: the trivial F1 differs between images
+            side = 8 if name == "t_missed" else 16
+            mask = _save_mask(tmp_path / f"{name}_gt.png", size, size, (0, 0, side, side))
+        pairs.append(Pair(tmp_path / f"{name}.png", None if mask is None else tmp_path / f"{name}_gt.png"))
+        expected_maps[name] = pixels[..., 0] / 255, mask
+    scores = {name: round(detection[name] * 255) / 255 for name in red}
+    maxima = {name: float(expected_maps[name][0].max()) for name in red}
+    calibrated = 0.35
+    preset = get_preset("test")
+    config = dataclasses.replace(preset, image_size=32, resolution="native", detector=DetectorConfig(),
+                                 calibration=CalibrationConfig(threshold=calibrated, target_far=0.1, far=0.0, tpr=1.0,
+                                                               n_authentic=4, n_tampered=3))
+    pipeline = LocalizationPipeline(_ScoresInThePixels(), config, sampling=SamplingOptions(steps=1, ensemble=1),
+                                    gate=gate, batch_size=2)
+    report = evaluate_dataset(pairs, pipeline)
+    metrics = report.metrics
+
+    tampered = [name for name in red if name.startswith("t_")]
+    authentic = [name for name in red if name.startswith("a_")]
+    assert (metrics["n_tampered"], metrics["n_authentic"]) == (3, 4)
+    assert [(Path(r["image"]).stem, r["tampered"]) for r in report.per_image] == [(n, n in tampered) for n in red]
+    for record in report.per_image:
+        name = Path(record["image"]).stem
+        assert (record["detection_score"], record["image_score"]) == pytest.approx((scores[name], maxima[name]))
+    # Image level: the detection scores, at the calibrated threshold.
+    assert metrics["image_auc"] == pytest.approx(_auc([scores[n] for n in tampered], [scores[n] for n in authentic]))
+    assert metrics["image_auc"] == pytest.approx(5 / 6)
+    assert metrics["max_score_auc"] == pytest.approx(_auc([maxima[n] for n in tampered], [maxima[n] for n in authentic]))
+    assert metrics["max_score_auc"] == pytest.approx(2 / 3)
+    assert metrics["image_accuracy"] == pytest.approx(5 / 7)  # t_loose and a_faint wrong; 4/7 at 0.5 or on maxima
+    assert metrics["image_balanced_accuracy"] == pytest.approx((2 / 3 + 3 / 4) / 2)  # 13/24 at 0.5, 7/12 on maxima
+    # Pixel level: F1, IoU and the trivial F1 over the tampered images; false positives over the authentic ones.
+    called = {name: not gate or scores[name] >= calibrated for name in red}  # the gate empties the others' masks
+    predicted = {name: (expected_maps[name][0] >= 0.5) & called[name] for name in red}
+    masks = {name: expected_maps[name][1] for name in tampered}
+    f1 = {n: 2 * (predicted[n] & masks[n]).sum() / (predicted[n].sum() + masks[n].sum()) for n in tampered}
+    iou = {n: (predicted[n] & masks[n]).sum() / (predicted[n] | masks[n]).sum() for n in tampered}
+    assert f1["t_loose"] == (0 if gate else 0.5)
+    assert metrics["pixel_f1"] == pytest.approx(np.mean(list(f1.values())))
+    assert metrics["pixel_iou"] == pytest.approx(np.mean(list(iou.values())))
+    assert metrics["trivial_f1"] == pytest.approx((2 * 512 / (512 + 768) + 2 * 64 / (2 * 64 + 960)) / 3)
+    fpr = [predicted[n].mean() for n in authentic]
+    assert metrics["authentic_pixel_fpr"] == pytest.approx(np.mean(fpr)) == (0 if gate else 64 / 1024 / 4)
+    assert metrics["authentic_any_rate"] == np.mean([predicted[n].any() for n in authentic]) == (0 if gate else 1 / 4)
+    assert metrics["pixel_f1_all"] == pytest.approx(
+        np.mean([*f1.values(), *(float(not predicted[n].any()) for n in authentic)]))
 
 
 def test_dataset_arguments_are_named_by_prefix_or_stem(tmp_path):

@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -135,7 +136,8 @@ _PARAM_PARTS = {"encoder": "enc", "head": "head", "denoiser": "den", "vae": "vae
 
 
 def _render(result: dict[str, Any], console: Console) -> None:
-    """A few lines of context, then a table with one row per (precision, sampler and steps, N, batch) setting."""
+    """A few lines of context, the speed of each (precision, sampler and steps, N, batch) setting, then the work per
+    image of each (sampler and steps, N): two tables that read whole at 100 columns and fold at 80."""
     model, dev, sampling, params = result["model"], result["device"], result["sampling"], result["parameters"]
     console.print(
         f"[bold]{model['source']}[/bold] at {model['image_size']}px, TTA {'on' if sampling['tta'] else 'off'}; "
@@ -149,34 +151,14 @@ def _render(result: dict[str, Any], console: Console) -> None:
     if model["random_init"]:
         console.print("Random-init weights: FLOPs and timings do not depend on the weights (the masks would be noise).")
 
-    table = Table(caption="per image; a MAC is 2 FLOPs; times are median [25th–75th percentile]")
-    for column in ("precision", "sampler", "steps", "N", "batch", "params M\nby part", "GFLOPs\n(GMACs)", "encoder (+head)\nGFLOPs",
-                   "denoiser GFLOPs\nstep × calls", "VAE dec\nGFLOPs", "ms / img", "img / s", "speed-up\nvs fp32"):
-        table.add_column(column, justify="right")
     millions = {part: n / 1e6 for part, n in params.items()}
     parts = " + ".join(f"{_g(millions[part])} {short}" for part, short in _PARAM_PARTS.items() if params.get(part))
-    for setting in result["settings"]:
-        flops, timing = setting["flops"], setting["timing"]
-        gflops = flops["gflops"]
-        speedup = setting["speedup_vs_fp32"]
-        table.add_row(
-            setting["precision"],
-            setting["sampler"],
-            str(setting["steps"]),
-            str(setting["ensemble"]),
-            str(setting["batch_size"]),
-            f"{_g(millions['total'])}\n{parts}",
-            f"{_g(gflops['total'])}\n({_g(flops['gmacs']['total'])})",
-            _g(gflops["encoder"]) + (f" + {_g(gflops['head'])}" if gflops["head"] else ""),
-            f"{_g(gflops['denoiser'])}\n{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}"
-            + (f" + {_g(gflops['condition_term'])} × {flops['views']}" if gflops["condition_term"] else ""),
-            _g(gflops["vae_decode"]),
-            _stats(timing["ms_per_image"]),
-            _stats(timing["images_per_second"]),
-            "—" if speedup is None else f"{speedup:.2f}×",
-        )
-    console.print(table)
-
+    console.print(f"parameters: {_g(millions['total'])} M = {parts}")
+    console.print(_speed_table(result["settings"]))
+    gflops = result["settings"][0]["flops"]["gflops"]
+    console.print(f"encoder: {_g(gflops['encoder'])} GFLOPs per image" +
+                  (f" (+ {_g(gflops['head'])} head)" if gflops["head"] else "") + "; a MAC is 2 FLOPs")
+    console.print(_work_table(result["settings"]))
     vae = result["vae_comparison"]
     if vae:
         mask_vae, sd_vae = vae["mask_vae"], vae["sd_vae"]
@@ -187,3 +169,44 @@ def _render(result: dict[str, Any], console: Console) -> None:
             f"LightVAE is [bold]{vae['speedup']:.0f}× faster[/bold] (fastest calls: {vae['speedup_min']:.0f}×) "
             f"with {vae['flops_ratio']:.0f}× fewer FLOPs"
         )
+
+
+def _table(title: str, caption: str, headers: tuple[str, ...]) -> Table:
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header in headers:  # a sampler name stays whole; numbers wrap at their spaces, nothing is cut
+        table.add_column(header, justify="left" if header in ("precision", "sampler") else "right", overflow="fold",
+                         no_wrap=header == "sampler")
+    return table
+
+
+def _speed_table(settings: list[dict[str, Any]]) -> Table:
+    """One row per timed setting: the headline numbers."""
+    table = _table("speed", "times: median [25th–75th percentile] per image",
+                   ("precision", "sampler", "steps", "N", "batch", "ms / img", "img/s", "vs\nfp32"))
+    for setting in settings:
+        timing, speedup = setting["timing"], setting["speedup_vs_fp32"]
+        table.add_row(setting["precision"], setting["sampler"], str(setting["steps"]), str(setting["ensemble"]),
+                      str(setting["batch_size"]), _stats(timing["ms_per_image"]),
+                      _g(timing["images_per_second"]["median"]), "—" if speedup is None else f"{speedup:.2f}×")
+    return table
+
+
+def _work_table(settings: list[dict[str, Any]]) -> Table:
+    """GFLOPs per image by part, once per (sampler, steps, N): precision and batch do not change them, and the
+    encoder's (the same in every row) is in the line above the table."""
+    table = _table("GFLOPs per image", "denoiser = per step × calls + its condition term once per view",
+                   ("sampler", "steps", "N", "total", "denoiser", "per step × calls", "VAE decode"))
+    seen = set()
+    for setting in settings:
+        key = (setting["sampler"], setting["steps"], setting["ensemble"])
+        if key in seen:
+            continue
+        seen.add(key)
+        flops = setting["flops"]
+        gflops = flops["gflops"]
+        table.add_row(
+            setting["sampler"], str(setting["steps"]), str(setting["ensemble"]),
+            _g(gflops["total"]),
+            _g(gflops["denoiser"]), f"{_g(gflops['denoiser_per_step'])} × {flops['calls_per_image']['denoiser']}",
+            _g(gflops["vae_decode"]))
+    return table

@@ -4,12 +4,13 @@ imports nothing heavy: torch and the models are imported inside the functions th
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
 import signal
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.console import Console
@@ -141,6 +142,28 @@ def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
     if not values or any(value < minimum for value in values):
         raise typer.BadParameter(f"expected comma-separated integers >= {minimum}, got {text!r}", param_hint=option)
     return values
+
+
+def with_help_panels(panels: dict[str, tuple[str, ...]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Group a command's options in `--help` under named panels (panel -> its parameter names). The options'
+    Annotated metadata is copied, so option types shared with other commands keep no panel."""
+    panel_of = {name: panel for panel, names in panels.items() for name in names}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        parameters = []
+        for parameter in signature.parameters.values():
+            base, *metadata = get_args(parameter.annotation)
+            metadata = [copy.copy(info) for info in metadata]
+            for info in metadata:
+                if isinstance(info, typer.models.ParameterInfo) and parameter.name in panel_of:
+                    info.rich_help_panel = panel_of[parameter.name]
+            parameters.append(parameter.replace(annotation=Annotated[(base, *metadata)]))
+        command.__signature__ = signature.replace(parameters=parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command
+
+    return decorate
 
 
 def parse_sampler(text: str, option: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -24,57 +25,66 @@ def number(value: float | None, digits: int = 3) -> str:
 
 def _console() -> Console:
     console = Console()
-    if not console.is_terminal:  # a pipe or file gets 80 columns by default, too narrow for these tables
-        console = Console(width=max(console.width, 170))
+    if not console.is_terminal:  # a pipe or file gets 80 columns by default; the tables read whole at 100
+        console = Console(width=max(console.width, 100))
     return console
 
 
-def print_metrics(report: EvaluationReport, threshold: float) -> None:
-    """One row per dataset plus the average; robustness curves below."""
-    console = _console()
-    table = Table(title=f"diffiml evaluate (threshold {threshold:g})")
-    headers = ("dataset", "Tp / Au", f"F1@{threshold:g}", "trivial F1", "F1 all", "IoU", "pixel AUC",
-               "ORACLE F1 (thr)", "Au pixel FPR", "Au any-rate", "image AUC", "max-score AUC", "bal. acc", "s/img")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "dataset" else "right")
-    rows = [(name, r.metrics) for name, r in report.datasets.items()]
-    for index, (name, m) in enumerate([*rows, ("average", report.average)]):
+def _table(title: str, headers: tuple[str, ...]) -> Table:
+    """A table without vertical rules (so 7-8 columns fit 80 characters); the first column left-aligned; a cell
+    too long for its column (a long dataset name) folds onto the next line instead of being cut."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index == 0 else "right", overflow="fold")  # long names fold
+    return table
+
+
+def print_metrics(report: EvaluationReport, threshold: float, console: Console | None = None) -> None:
+    """The headline numbers per dataset and their average, each beside its trivial baseline; then the details
+    (oracle, false-alarm pixels, speed) and the robustness curves, each a table that fits 80 columns."""
+    console = console or _console()
+    t = f"{threshold:g}"
+    rows = [(markup_safe(name), r.metrics) for name, r in report.datasets.items()]
+    rows.append(("[bold]average[/bold]", report.average))
+    headline = _table(f"diffiml evaluate (threshold {t})",
+                      ("dataset", "Tp / Au", f"F1@{t}", "trivial\nF1", "pixel\nAUC", "image\nAUC", "bal.\nacc",
+                       "Au\nflagged"))
+    details = _table("details", ("dataset", "F1 all", "IoU", "ORACLE F1\n(threshold)", "Au pixel\nFPR",
+                                 "max-score\nAUC", "s / img"))
+    for index, (name, m) in enumerate(rows):
+        last = index == len(rows) - 2
         oracle = number(m["oracle_f1"]) + (f" ({m['oracle_threshold']:.2f})" if "oracle_threshold" in m and
                                            not math.isnan(m["oracle_threshold"]) else "")
-        table.add_row(
-            "[bold]average[/bold]" if index == len(rows) else markup_safe(name), f"{m['n_tampered']} / {m['n_authentic']}",
-            number(m["pixel_f1"]), number(m["trivial_f1"]), number(m["pixel_f1_all"]), number(m["pixel_iou"]),
-            number(m["pixel_auc"]), oracle, number(m["authentic_pixel_fpr"]), number(m["authentic_any_rate"]),
-            number(m["image_auc"]), number(m["max_score_auc"]), number(m["image_balanced_accuracy"]),
-            number(m["seconds_per_image"]), end_section=index == len(rows) - 1,
-        )
-    console.print(table)
+        headline.add_row(name, f"{m['n_tampered']} / {m['n_authentic']}", number(m["pixel_f1"]),
+                         number(m["trivial_f1"]), number(m["pixel_auc"]), number(m["image_auc"]),
+                         number(m["image_balanced_accuracy"]), number(m["authentic_any_rate"]), end_section=last)
+        details.add_row(name, number(m["pixel_f1_all"]), number(m["pixel_iou"]), oracle,
+                        number(m["authentic_pixel_fpr"]), number(m["max_score_auc"]), number(m["seconds_per_image"]),
+                        end_section=last)
+    console.print(headline)
+    console.print(details)
     for kind, levels in report.robustness.items():
-        curve = Table(title=f"robustness: {kind} — pixel F1@{threshold:g} by {LEVEL_NAMES[kind]}")
-        curve.add_column("dataset")
-        curve.add_column("clean", justify="right")
-        for level in levels:
-            curve.add_column(str(level.perturbation.level), justify="right")
+        curve = _table(f"robustness: {kind}, pixel F1@{t} by {LEVEL_NAMES[kind]}",
+                       ("dataset", "clean", *(str(level.perturbation.level) for level in levels)))
         for name in report.datasets:
             curve.add_row(markup_safe(name), number(report.datasets[name].metrics["pixel_f1"]),
                           *(number(level.datasets[name]["pixel_f1"]) for level in levels))
         curve.add_row("[bold]average[/bold]", number(report.average["pixel_f1"]),
                       *(number(level.average["pixel_f1"]) for level in levels))
         console.print(curve)
-    console.print("Tp / Au: tampered / authentic images. trivial F1: marking every pixel. F1 all: authentic images "
-                  "count 1 when nothing is marked. Image AUC and balanced accuracy (chance 0.5) are of the detection "
-                  "score; max-score AUC of the map's maximum. ORACLE uses the labels to pick the threshold: an upper "
-                  "bound, not a deployable score. Definitions: diffiml evaluate --help.", style="dim")
+    console.print("Tp / Au: tampered / authentic images. trivial F1: marking every pixel. Au flagged: authentic images "
+                  "with any pixel marked. Image AUC and balanced accuracy (chance 0.5) are of the detection score; "
+                  "max-score AUC of the map's maximum. F1 all: authentic images count 1 when nothing is marked. "
+                  "ORACLE uses the labels to pick the threshold: an upper bound, not a deployable score. "
+                  "Definitions: diffiml evaluate --help.", style="dim")
 
 
-def print_sweep(document: dict, datasets: list[str], seeds: list[int]) -> None:
+def print_sweep(document: dict, datasets: list[str], seeds: list[int], console: Console | None = None) -> None:
     """One table per swept metric: mean ± std over seeds, one row per (sampler, steps, N)."""
-    console = _console()
+    console = console or _console()
     for key in SWEEP_METRICS:
-        console.print(f"{key}: mean ± std over seeds {', '.join(map(str, seeds))}", soft_wrap=True)
-        table = Table()
-        for column in ("sampler", "steps", "N", *(markup_safe(name) for name in datasets)):
-            table.add_column(column, justify="right")
+        table = _table(f"{key}: mean ± std over seeds {', '.join(map(str, seeds))}",
+                       ("sampler", "steps", "N", *(markup_safe(name) for name in datasets)))
         for cell in document["cells"]:
             values = [cell["datasets"][name][key] for name in datasets]
             table.add_row(str(cell.get("sampler")), str(cell["steps"]), str(cell["ensemble"]),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr
+from diffiml_cli.cli.common import DeviceOption, SeedOption, stderr, with_help_panels
 from diffiml_cli.cli.display import markup_safe
 from diffiml_cli.cli.progress import progress_bar
 from diffiml_cli.defaults import SamplingOptions
@@ -17,9 +17,41 @@ from diffiml_cli.training_options import SELECTION_METRICS, DataRecipe, ModelRec
 
 DEFAULT = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
 DATA = DataRecipe()
+PANELS = {
+    "Data": ("data", "synthetic_from", "synthetic_kinds", "other_camera_donors", "authentic_share",
+             "authentic_per_batch", "exclude_photos", "hard_negatives", "hard_negative_share", "synthetic_length"),
+    "Model": ("preset", "model", "edge", "vae", "init", "copy_move_cue", "backbone_weights", "image_size",
+              "resolution"),
+    "Optimisation": ("steps", "epochs", "batch_size", "lr", "weight_decay", "backbone_lr_scale", "warmup_steps",
+                     "ema", "prior_rate", "mask_loss_weight", "amp", "seed", "num_workers", "device"),
+    "Detector": ("train_detector", "detector_grid", "detector_steps", "detector_ensemble", "detector_precision"),
+    "Validation": ("val", "select_by", "val_every"),
+    "Output": ("out", "resume", "save_every"),
+}
 
 
+def _read_config(ctx: typer.Context, path: Path | None) -> Path | None:
+    """--config: the file's options become the defaults of the others, so flags given beside it override it."""
+    if path is None:
+        return None
+    from diffiml_cli.train_config import read_train_config
+
+    try:
+        options = read_train_config(path)
+    except DiffimlError as error:
+        raise typer.BadParameter(str(error), param_hint="--config") from None
+    unknown = sorted(set(options) - {parameter.name for parameter in ctx.command.params} - {"config"})
+    if unknown:
+        raise typer.BadParameter(f"{path}: unknown options {', '.join(unknown)}", param_hint="--config")
+    ctx.default_map = {**(ctx.default_map or {}), **options}
+    return path
+
+
+@with_help_panels(PANELS)
 def train(
+    config: Annotated[Path | None, typer.Option(help="A TOML file whose keys are these options (batch_size = 8), or a "
+                      "run's train_config.json to repeat it; flags given beside it override it.", is_eager=True,
+                      callback=_read_config)] = None,
     data: Annotated[list[str], typer.Option("--data", help="IMDL-BenCo JSON or Tp/Gt(/Au) folder, optionally PATH:WEIGHT. Repeatable.")] = [],  # noqa: B006
     synthetic_from: Annotated[list[Path], typer.Option("--synthetic-from", help="A folder of authentic photos to manipulate on the fly. Repeatable.")] = [],  # noqa: B006
     synthetic_kinds: Annotated[str | None, typer.Option(help="Comma-separated synthetic edits to train on: splice, "
