@@ -454,7 +454,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 DOC_HEAD = """# Bad and odd input: what diffiml does with each
 
-The rules are in README *Exit codes and bad input*. This table is generated from the test corpus
+The rules are in README *Exit codes and bad input* and, in full, in
+[large-jobs.md](large-jobs.md#exit-codes-and-bad-input). This table is generated from the test corpus
 (`tests/corpus.py`, `tests/corpus_checkpoints.py`): every row is run through the real command line by
 `tests/test_bad_input_corpus.py`, and `tests/test_evidence_integrity.py` holds the whole-run cases (links,
 loops, stops, other working folders, `--out` equal to the input folder). Regenerate it with

@@ -138,9 +138,28 @@ def test_a_full_disk_ends_in_one_line_with_valid_records_and_no_partial_sets(tin
         present = [(out / f"img{index:03d}_{kind}.png").exists() for kind in KINDS]
         assert all(present) or not any(present), index
     assert sum((out / f"img{i:03d}_mask.png").exists() for i in range(6)) == 2
+
+    monkeypatch.undo()  # room on the disk again: the same command finishes the folder
     rerun = CliRunner().invoke(app, ["localize", str(folder), "-c", str(tiny_checkpoint), "-o", str(out), *FAST])
-    monkeypatch.undo()
-    assert rerun.exit_code in (0, 1)
+    assert rerun.exit_code == 0, rerun.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["failures"] == []
+    entries = _images(out)
+    assert set(entries) == {f"img{index:03d}.png" for index in range(6)}
+    finished = {Path(r["image"]).name: r for r in records if r["status"] == "ok"}
+    for index in range(6):
+        name = f"img{index:03d}.png"
+        entry = entries[name]
+        assert entry["status"] == "ok" and entry["error"] is None, entry
+        assert entry["image_score"] is not None and entry["manipulated_fraction"] is not None, entry
+        assert (entry["width"], entry["height"]) == (48, 40)
+        assert {kind: Path(path).name for kind, path in entry["outputs"].items()} == {
+            kind: f"img{index:03d}_{kind}.png" for kind in KINDS}
+        assert all(Path(path).is_file() for path in entry["outputs"].values())
+        if name in finished:  # written before the disk filled: kept as the run that wrote it recorded it
+            assert entry == finished[name]
+        else:
+            assert entry["run_id"] != records[0]["run_id"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,13 +13,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from diffiml_cli.checkpoint import save_checkpoint
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import DetectorConfig
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.calibration import threshold_for_far
-from diffiml_cli.models.build import load_model
+from diffiml_cli.inference import SamplingOptions
+from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.models.detector import Detector, cell_maps
-from diffiml_cli.pipeline import load_localizer
+from diffiml_cli.pipeline import load_localizer, pad_to_multiple
+from diffiml_cli.presets import get_preset
 
 FAST = ["--steps", "1", "--ensemble", "1", "--device", "cpu"]
 
@@ -72,6 +76,40 @@ def test_the_score_pools_the_image_alone_and_cells_summarise_the_maps():
     assert torch.sigmoid(detector.score(evidence, cells)).item() == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("size", [(37, 45), (33, 41)])
+def test_the_detector_reads_every_cell_that_holds_image_pixels(tmp_path, size):
+    """A native-resolution image of 37 x 45 (or 33 x 41) pixels is padded to 64 x 64; its detection score is that
+    of the 5 x 6 latent cells that hold its pixels (the last row and column partly padding), not of the 4 x 5
+    whole ones (nor, for 33 x 41, of the 4 x 5 that rounding the sides / 8 would give)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(get_preset("test"), resolution="native", detector=DetectorConfig())
+    localizer = build_localizer(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights: a fresh detector would read the map's maximum alone
+        for parameter in localizer.detector.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    save_checkpoint(tmp_path / "ckpt", localizer, config)
+    pipeline = load_localizer(tmp_path / "ckpt", device="cpu", precision="fp32",
+                              sampling=SamplingOptions(steps=1, ensemble=2))
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    result = pipeline.predict(image)
+
+    padded = pad_to_multiple(image, config.input_multiple)
+    assert tuple(padded.tensor.shape[-2:]) == (64, 64)
+    whole = pipeline.predictor.predict(padded.tensor[None], pipeline.sampling)  # the padded input's 8 x 8 cells
+    detector = pipeline.predictor.localizer.detector
+
+    def score(rows: int, cols: int) -> float:
+        with torch.no_grad():
+            return torch.sigmoid(detector.score(whole.evidence[..., :rows, :cols], whole.cells[..., :rows, :cols])).item()
+
+    assert result.detection_score == pytest.approx(score(5, 6), abs=1e-5)
+    assert abs(score(5, 6) - score(4, 5)) > 1e-3  # the partial cells change the score: the test can tell
+    [alone] = pipeline.predictor.predict_inputs([padded], pipeline.sampling)
+    assert tuple(alone.cells.shape[-2:]) == tuple(alone.evidence.shape[-2:]) == (5, 6)
+    assert tuple(alone.probability.shape[-2:]) == size and result.probability.shape == size
+
+
 def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():
     scores = np.linspace(0.0, 0.99, 100)
     threshold = threshold_for_far(scores, 0.05)
@@ -81,9 +119,11 @@ def test_threshold_for_far_allows_exactly_the_target_share_of_false_alarms():
         threshold_for_far([], 0.05)
 
 
-def test_calibrating_in_two_precisions_keeps_the_false_alarm_rate_in_each(monkeypatch):
+@pytest.mark.parametrize("order", [("bf16", "fp32", "bf16"), ("fp32", "bf16", "fp32")])
+def test_calibrating_in_two_precisions_keeps_the_false_alarm_rate_in_each(monkeypatch, order):
     """The threshold is the higher of the two precisions' own, so neither calls more than the target share of the
-    authentic images manipulated; a precision listed twice (auto resolving to a named one) is scored once."""
+    authentic images manipulated, whichever is listed first; a precision listed twice (auto resolving to a named
+    one) is scored once."""
     from types import SimpleNamespace
 
     from diffiml_cli.evaluation import calibration as module
@@ -100,21 +140,22 @@ def test_calibrating_in_two_precisions_keeps_the_false_alarm_rate_in_each(monkey
                                                            for s in tampered[precision]])
 
     scored = []
-    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline: scored.append(pipeline) or
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline, **progress: scored.append(pipeline) or
                         fake_scores(pairs, pipeline))
     pipelines = [SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=True,
                                  sampling=SamplingOptions(steps=2, ensemble=5), predictor=SimpleNamespace(precision=p))
-                 for p in ("bf16", "fp32", "bf16")]
+                 for p in order]
     calibration, reports = module.calibrate(pipelines, [], target_far=0.1, gate=False)
     own = {p: threshold_for_far(authentic[p], 0.1) for p in authentic}
     assert own["bf16"] > own["fp32"] and calibration.threshold == own["bf16"]
-    assert len(scored) == 2 and set(reports) == {"bf16", "fp32"} and calibration.precision == "bf16,fp32"
+    assert len(scored) == 2 and list(reports) == list(order[:2]) and calibration.precision == ",".join(order[:2])
     rates = {p: (far, tpr) for p, far, tpr in calibration.rates}
     assert rates["bf16"][0] == 0.1 and rates["fp32"][0] < 0.1  # at most the target in each
     assert rates == {p: ((authentic[p] >= calibration.threshold).mean(), (tampered[p] >= calibration.threshold).mean())
                      for p in authentic}
     assert calibration.far == max(far for far, _ in rates.values())
     assert calibration.tpr == min(tpr for _, tpr in rates.values())
+    assert (calibration.n_authentic, calibration.n_tampered) == (20, 3)
     assert all(p.gate for p in pipelines)  # each pipeline's gate restored after scoring ungated
     pipelines[1].sampling = SamplingOptions(steps=4, ensemble=5)
     with pytest.raises(DiffimlError, match="sample alike"):

@@ -93,8 +93,10 @@ def test_torch_file_needs_allow_pickle(teacher_file):
 
 
 def test_converted_checkpoint_round_trips_bit_for_bit(tmp_path, teacher_file):
+    (teacher_file.parent / "LICENSE.txt").write_text("GRIP-UNINA notice\n")
     out = convert_teacher(teacher_file, tmp_path / "teacher")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no pickle left
+    assert sorted(p.name for p in out.iterdir()) == ["LICENSE.txt", "config.json", "model.safetensors"]  # no pickle
+    assert (out / "LICENSE.txt").read_text() == "GRIP-UNINA notice\n"  # the licence travels with the weights
     network, config = load_noiseprint(out)
     original, _ = load_noiseprint(teacher_file, allow_pickle=True)
     assert config == NoiseprintConfig()
@@ -217,3 +219,12 @@ def test_convert_command_writes_a_noiseprint_checkpoint(tmp_path, teacher_file):
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "np" / "config.json"), "--noiseprint", "--out",
                                       str(tmp_path / "bad")])
     assert result.exit_code == 1 and "noiseprint weights" in result.output and not (tmp_path / "bad").exists()
+
+
+def test_help_states_the_licence():
+    from typer.testing import CliRunner
+
+    from diffiml_cli.cli.app import app
+
+    text = " ".join(CliRunner().invoke(app, ["--help"], terminal_width=200).output.split())
+    assert "GRIP-UNINA" in text and "non-profit" in text and "cite the authors" in text

@@ -116,3 +116,26 @@ def test_tiny_run_resumes_exactly_and_is_scored(tiny_run, tmp_path, one_thread):
     assert json.loads((tmp_path / "straight" / "evaluation.json").read_text())["rows"][0]["name"] == "lightnp"
     held = json.loads((tmp_path / "straight" / "settings.json").read_text())["held_out"]
     assert all(entry["photo"] in {Path(p).name for p in held} for entry in result["per_image"])
+
+
+@pytest.mark.parametrize("size", [(96, 112), (95, 113)])
+def test_windows_at_edges_see_what_the_whole_image_run_sees(tmp_path, size):
+    """Every training window's target region, run through a student, equals the student's whole-image map there:
+    interior windows by their context, edge windows by the same zero padding (and replicated odd row/column)."""
+    from diffiml_cli.distillation.noiseprint_distill import Bank
+    from diffiml_cli.models.noiseprint import extract_map, student_config
+
+    torch.manual_seed(0)
+    config = student_config(layers=4, width=8)
+    student = build_noiseprint(config).eval()
+    image = texture(4, size)
+    settings = NoiseprintDistillSettings(photos=str(tmp_path), window=16, context=12, border=0.8, layers=4, width=8)
+    bank = Bank.__new__(Bank)
+    bank.settings, bank.images = settings, [image]
+    bank.maps = [extract_map(student, config, image)]
+    inputs, targets, offsets = bank.batch(np.random.default_rng(0), 24)
+    assert {0, 2 * 12 - size[0] % 2} <= {int(dy) for dy, _ in offsets}  # both edges drawn
+    with torch.no_grad():
+        outputs = student(inputs)
+    for i, (dy, dx) in enumerate(offsets):
+        np.testing.assert_allclose(outputs[i, 0, dy:dy + 16, dx:dx + 16].numpy(), targets[i, 0].numpy(), atol=1e-5)

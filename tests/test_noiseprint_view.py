@@ -65,3 +65,36 @@ def test_report_without_views_has_no_noiseprint_urls(tiny_checkpoint, image_fold
 def test_view_name_is_beside_the_mask():
     assert noiseprint_png("out/sub/photo.v2_mask.png") == Path("out/sub/photo.v2_noiseprint.png")
     assert noiseprint_png("out/photo_prob.png") is None
+
+
+def test_detail_panel_shows_the_view_in_chromium(tiny_checkpoint, small_noiseprint, image_folder, tmp_path,
+                                                 one_thread):
+    from test_report_browser import CHROMIUM, DevTools
+
+    if CHROMIUM is None:
+        pytest.skip("needs headless Chromium (Debian package `chromium`)")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+                                 "--steps", "1", "--ensemble", "1", "--noiseprint", "--noiseprint-weights",
+                                 str(small_noiseprint), "--report"])
+    assert result.exit_code == 0, result.output
+    (out / "c_noiseprint.png").unlink()  # one image without a view: its panel is hidden, not "not available"
+    runner.invoke(app, ["report", str(out)])
+    browser = DevTools(tmp_path / "profile")
+    panel = "document.querySelector('figure[data-panel=\"noiseprint\"]')"
+    try:
+        browser.open((out / "report.html").as_uri())
+        shown = {}
+        for row in range(3):
+            browser.click(f"#rows tr:nth-child({row + 1})")
+            browser.wait_for("document.getElementById('detail').open")
+            name = browser.evaluate("document.getElementById('detail-name').textContent")
+            image = f"{panel}.querySelector('img')"
+            if not browser.evaluate(f"{panel}.hidden"):
+                browser.wait_for(f"{image}.complete && {image}.naturalWidth > 0")
+            shown[Path(name).stem] = (not browser.evaluate(f"{panel}.hidden"),
+                                      browser.evaluate(f"{image}.naturalWidth"))
+            browser.click("#close")
+    finally:
+        browser.close()
+    assert shown == {"a": (True, 64), "b": (True, 50), "c": (False, 0)}, shown

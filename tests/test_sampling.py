@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from diffiml_cli.config import DiffusionConfig
+from diffiml_cli.config import DetectorConfig, DiffusionConfig
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior, make_scheduler, sample, sampling_timesteps
 from diffiml_cli.inference import Predictor, SamplingOptions
-from diffiml_cli.models.build import load_model
+from diffiml_cli.models.build import build_localizer, load_model
+from diffiml_cli.models.detector import cell_maps
 from diffiml_cli.models.mask_vae import decoded_to_probability
+from diffiml_cli.presets import get_preset
 
 
 def test_ddim_grid_for_8_steps_is_the_reference_leading_grid():
@@ -78,9 +82,13 @@ def test_prediction_ranges_ensemble_spread_and_tta(tiny_checkpoint):
         assert 0 <= prediction.probability.min() and prediction.probability.max() <= 1
         assert prediction.image_score[0] == prediction.probability.max()
     assert many.uncertainty.max() > 0
-    # TTA merges by max: never below the plain prediction's ensemble at the same seed.
-    plain = predictor.predict(images, SamplingOptions(steps=2, ensemble=4, tta=False))
-    assert (many.probability >= plain.probability - 1e-6).all()
+    # TTA merges by max the image's maps and the mirrored image's maps flipped back (the same seed for both views).
+    plain = predictor.predict(torch.cat([images, images.flip(-1)]), SamplingOptions(steps=2, ensemble=4, tta=False))
+    torch.testing.assert_close(many.probability, torch.maximum(plain.probability[:1], plain.probability[1:].flip(-1)),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(many.uncertainty, torch.maximum(plain.uncertainty[:1], plain.uncertainty[1:].flip(-1)),
+                               atol=1e-5, rtol=0)
+    assert (many.probability - torch.maximum(plain.probability[:1], plain.probability[1:])).abs().max() > 1e-3
 
 
 def test_condition_encoder_runs_once_per_view(tiny_checkpoint, monkeypatch):
@@ -111,3 +119,45 @@ def test_condition_term_once_per_view_gives_the_masks_of_the_full_denoiser_at_ev
     expected = torch.maximum(expected[:2], expected[2:].flip(-1))
     got = predictor.predict(images, options).probability
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def _predictor_with_a_detector() -> Predictor:
+    """A random localizer of the test preset with a detector whose weights are random too, so that its score
+    depends on every input it reads (a fresh detector scores the map's maximum alone)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(get_preset("test"), detector=DetectorConfig())
+    localizer = build_localizer(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in localizer.detector.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return Predictor(localizer, config.diffusion, device=torch.device("cpu"))
+
+
+def test_tta_flips_the_mirrored_view_s_maps_and_condition_back_before_the_detector_reads_them():
+    """With TTA the detector reads the merged maps (the max of both views, the mirrored one flipped back) and the
+    mean of both views' conditions, the mirrored one flipped back as well."""
+    predictor = _predictor_with_a_detector()
+    localizer = predictor.localizer
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    options = SamplingOptions(steps=2, ensemble=3, tta=True, seed=4)
+    merged = predictor.predict(images, options)
+    views = torch.cat([images, images.flip(-1)])
+    plain = predictor.predict(views, dataclasses.replace(options, tta=False))  # each view alone, the same noise
+    probability = torch.maximum(plain.probability[:2], plain.probability[2:].flip(-1))
+    uncertainty = torch.maximum(plain.uncertainty[:2], plain.uncertainty[2:].flip(-1))
+    torch.testing.assert_close(merged.probability, probability, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.uncertainty, uncertainty, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        condition = localizer.encoder(views).float()
+        condition = 0.5 * (condition[:2] + condition[2:].flip(-1))
+        cells = cell_maps(probability, uncertainty)
+        evidence = localizer.detector(condition, cells)
+        detection = torch.sigmoid(localizer.detector.score(evidence, cells))
+    torch.testing.assert_close(merged.cells, cells, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.evidence, evidence, atol=1e-4, rtol=0)
+    torch.testing.assert_close(merged.detection_score, detection, atol=1e-5, rtol=0)
+    # The mirrored image's merged outputs are the image's, mirrored: the two views only trade places.
+    mirrored = predictor.predict(images.flip(-1), options)
+    torch.testing.assert_close(mirrored.probability, merged.probability.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mirrored.uncertainty, merged.uncertainty.flip(-1), atol=1e-5, rtol=0)

@@ -77,3 +77,19 @@ def test_every_train_option_sits_in_a_help_panel():
     assert unplaced == []
     assert {param.rich_help_panel for param in command.params} >= {"Data", "Model", "Optimisation", "Detector",
                                                                    "Validation", "Output"}
+
+
+def test_the_guide_s_example_file_names_only_train_options(tmp_path):
+    import re
+    from pathlib import Path
+
+    from typer.main import get_command
+
+    from diffiml_cli.train_config import read_train_config
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text()
+    example = tmp_path / "run.toml"
+    example.write_text(re.search(r"```toml\n(.*?)```", guide, re.S).group(1))
+    options = read_train_config(example)
+    names = {param.name for param in get_command(app).commands["train"].params}
+    assert options and set(options) <= names

@@ -59,6 +59,10 @@ class _App(typer.Typer):
 app = _App(
     name="diffiml",
     help="Find the manipulated pixels in an image, by latent diffusion (DiffIML).",
+    epilog="Licences: Noiseprint++ (localize --noiseprint, benchmark --noiseprint, convert --noiseprint, "
+    "distill-noiseprint) and LightNP, distilled from it, are GRIP-UNINA's (TruFor, CVPR 2023), under their licence: "
+    "informational and non-profit use only; keep the notices; cite the authors when results are made public "
+    "(weights/lightnp/LICENSE.txt).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,

@@ -11,6 +11,7 @@ import typer
 from diffiml_cli.cli.common import (SAMPLING, AllowPickleOption, BatchSizeOption, CheckpointOption, DeviceOption,
                                     EnsembleOption, SamplerOption, SeedOption, StepsOption, open_pipeline, stderr)
 from diffiml_cli.cli.display import markup_safe
+from diffiml_cli.cli.progress import progress_bar
 from diffiml_cli.defaults import DEFAULT_PRECISION, SamplingOptions
 
 
@@ -44,10 +45,14 @@ def calibrate(
     check_copy_target(checkpoint or default_checkpoint(), out)  # before scoring the set, which takes a while
     (name, (spec, pairs)), = load_datasets([data]).items()
     sampling = SamplingOptions(steps=steps, ensemble=ensemble, seed=seed, sampler=sampler)
-    pipelines = (open_pipeline(checkpoint, device=device, precision=each.strip(), allow_pickle=allow_pickle,
+    precisions = list(dict.fromkeys(each.strip() for each in precision.split(",")))
+    pipelines = (open_pipeline(checkpoint, device=device, precision=each, allow_pickle=allow_pickle,
                                sampling=sampling, batch_size=batch_size, gate=False, calibrating=True)
-                 for each in dict.fromkeys(precision.split(",")))  # one model loaded at a time
-    calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}")
+                 for each in precisions)  # one model loaded at a time
+    with progress_bar("calibrate", "img", stderr) as progress:
+        task = progress.add_task("calibrate", total=len(pairs) * len(precisions))
+        calibration, reports = choose(pipelines, pairs, target_far=target_far, gate=gate, data=f"{name}: {spec}",
+                                      on_progress=lambda pair, error: progress.update(task, advance=1))
     write_calibrated(checkpoint or default_checkpoint(), calibration, out)
     for precision_name, far, tpr in calibration.rates:
         detected = "no tampered images" if tpr is None else f"detected {tpr:.3f} of {calibration.n_tampered} tampered"

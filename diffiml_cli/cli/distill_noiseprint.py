@@ -29,19 +29,21 @@ def distill_noiseprint(
     layers: Annotated[int | None, typer.Option(help="Student convolutions, first and last included.", min=2)] = None,
     width: Annotated[int | None, typer.Option(help="Student hidden channels.", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights, the variants and every window.")] = 0,
+    init: Annotated[str, typer.Option(help="Start from this student checkpoint (e.g. an earlier run's OUT/student) "
+                                      "instead of random weights.")] = "",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its training_state.pt.")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Instead of training: score --student (default "
                                            "OUT/student) against the teacher on the held-out photos, beside "
                                            "fixed high-pass filters.")] = False,
     student: Annotated[Path | None, typer.Option(help="With --evaluate: the student checkpoint to score.")] = None,
-    limit: Annotated[int | None, typer.Option(help="With --evaluate: score only the first N held-out photos.",
-                                              min=1)] = None,
+    limit: Annotated[int | None, typer.Option(help="With --evaluate: score N held-out photos, evenly spaced over "
+                                              "the sorted list.", min=1)] = None,
 ) -> None:
     """Distil Noiseprint++ into LightNP; checkpoints OUT/student/ every few minutes (--resume continues)."""
     from diffiml_cli.distillation.noiseprint_distill import NoiseprintDistillSettings
 
     given = {"steps": steps, "batch_size": batch_size, "layers": layers, "width": width}
-    settings = NoiseprintDistillSettings(photos=str(photos), teacher=str(teacher), seed=seed,
+    settings = NoiseprintDistillSettings(photos=str(photos), teacher=str(teacher), seed=seed, init=init,
                                          **{k: v for k, v in given.items() if v is not None})
     if evaluate:
         _evaluate(settings, out, student or out / "student", limit)
@@ -65,12 +67,13 @@ def _evaluate(settings, out: Path, student: Path, limit: int | None) -> None:
 
     result = evaluate_student(settings, student, out, limit=limit)
     table = Table(title=f"Pearson r with Noiseprint++'s map, per held-out photo ({result['photos']} photos; "
-                  "median [25th-75th percentile])")
-    for column in ("map", "kFLOP / pixel", "as it is", "post-processed"):
+                  f"median [25th-75th percentile]; interior: {result['interior_band']} px borders left out)")
+    parts = {"as_is": "as it is", "as_is_interior": "as it is,\ninterior", "post_processed": "post-processed",
+             "post_processed_interior": "post-processed,\ninterior"}
+    for column in ("map", "kFLOP / pixel", *parts.values()):
         table.add_column(column, justify="left" if column == "map" else "right")
     for row in result["rows"]:
-        cells = [f"{row[part]['median']:.3f} [{row[part]['q25']:.3f}-{row[part]['q75']:.3f}]"
-                 for part in ("as_is", "post_processed")]
+        cells = [f"{row[part]['median']:.3f} [{row[part]['q25']:.3f}-{row[part]['q75']:.3f}]" for part in parts]
         table.add_row(row["name"], f"{row['flops_per_pixel'] / 1e3:.0f}", *cells)
     stderr.print(table)
     stderr.print(f"-> {out / 'evaluation.json'}", soft_wrap=True)

@@ -68,9 +68,9 @@ def localize(
 
         write_views(summary, noiseprint_weights, overwrite=overwrite, max_pixels=max_pixels)
     if report and context.is_main and summary.stopped is None:
-        from diffiml_cli.report import build_report
+        from diffiml_cli.cli.report import write_report
 
-        stderr.print(f"report -> {markup_safe(build_report(out))}", soft_wrap=True)
+        stderr.print(f"report -> {markup_safe(write_report(out))}", soft_wrap=True)
     _report(summary, out, time.perf_counter() - start, main=context.is_main, stop_signal=interrupted[0])
 
 

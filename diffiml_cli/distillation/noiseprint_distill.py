@@ -58,6 +58,8 @@ class NoiseprintDistillSettings:
     layers: int = 11
     width: int = 64
     unshuffle: int = 2
+    border: float = 0.3  # share of windows snapped to an image edge, per axis (the map's borders are learned too)
+    init: str = ""  # a student checkpoint to start from (e.g. an earlier run's), "" for random weights
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.window, self.variants, self.chunk, self.build_every,
@@ -148,22 +150,40 @@ class Bank:
         self.maps += maps
         self.built += 1
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs (B, 3, w + 2c, w + 2c) float in [0, 1], targets (B, 1, w, w) float) from random windows."""
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(inputs (B, 3, w + 2c, w + 2c) float in [0, 1], targets (B, 1, w, w) float, offsets (B, 2) int: where
+        each target lies in its input). A window is snapped to an image edge with probability `border` per side
+        pair, its target then touching that edge, so that the student learns the map's borders as the teacher
+        computed them on the whole image (zero padding; a replicated last row or column where a side is odd)."""
         w, c = self.settings.window, self.settings.context
-        inputs, targets = [], []
+        inputs, targets, offsets = [], [], []
         while len(inputs) < size:
             k = int(rng.integers(len(self.images)))
             image, target = self.images[k], self.maps[k]
             height, width = target.shape
             if min(height, width) < w + 2 * c:
                 continue
-            top = int(rng.integers(c, height - w - c + 1)) // 2 * 2  # even, so a 2x unshuffle keeps its phase
-            left = int(rng.integers(c, width - w - c + 1)) // 2 * 2
-            inputs.append(image[top - c:top + w + c, left - c:left + w + c])
-            targets.append(target[top:top + w, left:left + w])
+            (top, dy, pad_y), (left, dx, pad_x) = (_window(rng, length, w, c, self.settings.border)
+                                                     for length in (height, width))
+            if pad_y or pad_x:  # as extract_map pads for a 2x unshuffle
+                image = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
+            inputs.append(image[top:top + w + 2 * c, left:left + w + 2 * c])
+            targets.append(target[top + dy:top + dy + w, left + dx:left + dx + w])
+            offsets.append((dy, dx))
         x = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).float() / 255.0
-        return x, torch.from_numpy(np.stack(targets).astype(np.float32))[:, None]
+        return x, torch.from_numpy(np.stack(targets).astype(np.float32))[:, None], np.array(offsets)
+
+
+def _window(rng: np.random.Generator, length: int, w: int, c: int, border: float) -> tuple[int, int, int]:
+    """(start of the input window, offset of the target in it, rows of padding) along one side of `length`."""
+    span = w + 2 * c
+    padded = length + length % 2
+    draw = rng.random()
+    if draw < border / 2:
+        return 0, 0, padded - length  # at the start: the target touches the image's first row
+    if draw < border:
+        return padded - span, 2 * c - (padded - length), padded - length  # at the end: its last row
+    return int(rng.integers(0, length - span + 1)) // 2 * 2, c, 0  # inside; even, so a 2x unshuffle keeps its phase
 
 
 def _learning_rate(settings: NoiseprintDistillSettings, step: int) -> float:
@@ -181,6 +201,13 @@ def distill_noiseprint(settings: NoiseprintDistillSettings, out_dir: str | Path,
     config = student_config(settings.layers, settings.width, settings.unshuffle)
     torch.manual_seed(settings.seed)
     student = build_noiseprint(config)
+    if settings.init:
+        from diffiml_cli.checkpoint import load_checkpoint, load_state_strict
+
+        _, init_config, state = load_checkpoint(settings.init)
+        if init_config != config:
+            raise DiffimlError(f"--init {settings.init}: its config {init_config} is not this run's {config}")
+        load_state_strict(student, state, settings.init)
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
     step = 0
     if resume:
@@ -208,11 +235,11 @@ def distill_noiseprint(settings: NoiseprintDistillSettings, out_dir: str | Path,
         if step % settings.build_every == 0:
             bank.build_next()
         rng = np.random.default_rng([settings.seed, 2, step])
-        inputs, targets = bank.batch(rng, settings.batch_size)
+        inputs, targets, offsets = bank.batch(rng, settings.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(settings, step)
-        c = settings.context
-        predicted = student(inputs)[:, :, c:c + settings.window, c:c + settings.window]
+        w, outputs = settings.window, student(inputs)
+        predicted = torch.stack([outputs[i, :, dy:dy + w, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
         loss, r = distill_loss(predicted, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

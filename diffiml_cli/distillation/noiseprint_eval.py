@@ -10,6 +10,8 @@ per-image Pearson correlation of a map with the teacher's whole-image map, over 
   first training bank chunks (never the held-out photos): what a one-layer student could reach.
 
 A fixed filter's sign is arbitrary, so the fixed filters are scored by |r|; the student and the fitted filter by r.
+Each r is over the whole image and over its interior (BAND pixels at each border left out): near the borders the
+teacher's map is dominated by its zero padding, and a student that misses that loses much of its whole-image r.
 The teacher's held-out maps are cached in OUT/held-out/ (one safetensors file per photo and variant).
 """
 
@@ -32,6 +34,7 @@ LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
 SRM_KV = np.array([[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2],
                    [-1, 2, -2, 2, -1]], np.float32) / 12.0
 LINEAR_SIDE = 9
+BAND = 17  # the interior scores leave out this many pixels at each border: the teacher's zero-padding reach
 
 
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,7 +98,8 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_student(settings, student: Path, out: Path, *, limit: int | None = None) -> dict:
-    """Score `student` (a noiseprint checkpoint) and the baselines on the held-out photos; writes
+    """Score `student` (a noiseprint checkpoint) and the baselines on the held-out photos (`limit`: that many,
+    evenly spaced over the sorted list); writes
     OUT/evaluation.json and returns {"photos", "rows": [{"name", "flops_per_pixel", "as_is", "post_processed"}],
     "per_image": [...]} with each part's median, quartiles and mean of r."""
     from diffiml_cli.distillation.noiseprint_distill import Bank
@@ -111,26 +115,35 @@ def evaluate_student(settings, student: Path, out: Path, *, limit: int | None = 
     bank = Bank(out / "bank", settings)
     bank.load(4)
     packed = fit_linear_filter(bank.images, [m.astype(np.float32) for m in bank.maps])
-    photos = split_photos(settings.photos).held_out[:limit]
+    held_out = split_photos(settings.photos).held_out
+    chosen = np.unique(np.round(np.linspace(0, len(held_out) - 1, min(limit or len(held_out), len(held_out)))))
+    photos = [(int(index), held_out[int(index)]) for index in chosen]  # evenly spaced: BSDS500 and Kodak alike
     names = ("lightnp", "linear-9x9", "laplacian", "srm-kv")
-    scores: dict[str, dict[str, list[float]]] = {name: {"as_is": [], "post_processed": []} for name in names}
+    parts = ("as_is", "as_is_interior", "post_processed", "post_processed_interior")
+    scores: dict[str, dict[str, list[float]]] = {name: {part: [] for part in parts} for name in names}
     per_image = []
-    for index, photo in enumerate(photos):
+    for index, photo in photos:
         for variant, part in ((0, "as_is"), (1, "post_processed")):
             image, target = _held_out_item(out / "held-out", teacher, photo, index, variant)
             maps = {"lightnp": extract_map(network, config, image), "linear-9x9": linear_map(image, packed)}
+            maps["laplacian"], maps["srm-kv"] = high_pass(image, LAPLACIAN), high_pass(image, SRM_KV)
+            b = BAND
             r = {name: pearson_r(m, target) for name, m in maps.items()}
-            r["laplacian"] = abs(pearson_r(high_pass(image, LAPLACIAN), target))
-            r["srm-kv"] = abs(pearson_r(high_pass(image, SRM_KV), target))
+            inner = {name: pearson_r(m[b:-b, b:-b], target[b:-b, b:-b]) for name, m in maps.items()}
+            for name in ("laplacian", "srm-kv"):  # a fixed filter's sign is arbitrary
+                r[name], inner[name] = abs(r[name]), abs(inner[name])
             for name in names:
                 scores[name][part].append(r[name])
-            per_image.append({"photo": photo.name, "variant": part, **r})
+                scores[name][part + "_interior"].append(inner[name])
+            per_image.append({"photo": photo.name, "variant": part, **r,
+                              **{f"{name}_interior": value for name, value in inner.items()}})
     flops = {"lightnp": flops_per_pixel(config), "linear-9x9": 2.0 * 3 * LINEAR_SIDE ** 2, "laplacian": 2.0 * 9,
              "srm-kv": 2.0 * 25}
     result = {"photos": len(photos), "student": str(student), "student_config": dataclasses.asdict(config),
               "teacher_flops_per_pixel": flops_per_pixel(NoiseprintConfig()),
-              "rows": [{"name": name, "flops_per_pixel": flops[name], "as_is": _summary(scores[name]["as_is"]),
-                        "post_processed": _summary(scores[name]["post_processed"])} for name in names],
+              "interior_band": BAND,
+              "rows": [{"name": name, "flops_per_pixel": flops[name]} | {part: _summary(scores[name][part])
+                                                                        for part in parts} for name in names],
               "per_image": per_image}
     atomic_write_bytes(out / "evaluation.json", (json.dumps(result, indent=1) + "\n").encode())
     return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +39,13 @@ def threshold_for_far(authentic_scores: Sequence[float], target_far: float) -> f
 
 
 def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], *, target_far: float, gate: bool,
-              data: str = "") -> tuple[CalibrationConfig, dict[str, DatasetReport]]:
+              data: str = "", on_progress: Callable[[Pair, str | None], None] = lambda pair, error: None,
+              ) -> tuple[CalibrationConfig, dict[str, DatasetReport]]:
     """Score `pairs` with each pipeline (one checkpoint and sampling, one precision each; ungated) and choose the
     threshold: the highest of the precisions' own thresholds, so that at most `target_far` of the authentic images
     are called manipulated in any of them. Returns it with each precision's report. `pipelines` may be a generator,
-    so that one model is loaded at a time; a second pipeline of a precision already scored is skipped."""
+    so that one model is loaded at a time; a second pipeline of a precision already scored is skipped.
+    `on_progress(pair, error)` is called once per pair and precision scored."""
     reports: dict[str, DatasetReport] = {}
     sampling = None
     for pipeline in pipelines:
@@ -59,7 +61,7 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
         sampling = pipeline.sampling
         gate_before, pipeline.gate = pipeline.gate, False  # scored ungated: the threshold is what is being chosen
         try:
-            reports[precision] = evaluate_dataset(pairs, pipeline)
+            reports[precision] = evaluate_dataset(pairs, pipeline, on_progress=on_progress)
         finally:
             pipeline.gate = gate_before
     if not reports:

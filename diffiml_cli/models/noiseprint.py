@@ -154,11 +154,18 @@ def _has_diffiml_header(path: Path) -> bool:
 
 def convert_teacher(path: str | Path, out: str | Path) -> Path:
     """Write noiseprint++.th (read with torch.load(weights_only=True), strictly checked) as a diffiml noiseprint
-    checkpoint folder: model.safetensors with the config in its metadata, and config.json. Returns `out`."""
+    checkpoint folder: model.safetensors with the config in its metadata, and config.json; GRIP-UNINA's
+    LICENSE.txt, when it lies beside the file, is copied with it (its terms ask to keep the notices). Returns `out`."""
+    import shutil
+
     from diffiml_cli.checkpoint import save_checkpoint
 
     network = noiseprint_from_state(NoiseprintConfig(), read_teacher_file(path), path)
-    return save_checkpoint(out, network, NoiseprintConfig())
+    out = save_checkpoint(out, network, NoiseprintConfig())
+    licence = Path(path).parent / "LICENSE.txt"
+    if licence.is_file():
+        shutil.copyfile(licence, out / "LICENSE.txt")
+    return out
 
 
 def flops_per_pixel(config: NoiseprintConfig) -> float:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -165,24 +166,31 @@ def render(context: dict, path: Path) -> None:
         raise DiffimlError(f"{path}: cannot write the report ({error.strerror or error})") from None
 
 
-def _rows(entries: list[dict], sources: RowSources, workers: int) -> list[dict]:
+def _rows(entries: list[dict], sources: RowSources, workers: int, on_row: Callable[[], None]) -> list[dict]:
+    def row(entry: dict) -> dict:
+        built = build_row(entry, sources)
+        on_row()  # the caller's progress, once per image
+        return built
+
     # Warnings are filtered here, once, around the threads: warnings.catch_warnings is process-global state.
     # Pillow's "Corrupt EXIF data" and decompression-bomb warnings would only repeat what the notes say.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(lambda entry: build_row(entry, sources), entries))
+            rows = list(pool.map(row, entries))
     return sorted(rows, key=_order)
 
 
-def build_report(out_dir: str | Path, *, title: str | None = None, workers: int = WORKERS) -> Path:
+def build_report(out_dir: str | Path, *, title: str | None = None, workers: int = WORKERS,
+                 on_row: Callable[[], None] = lambda: None) -> Path:
     """Write `out_dir/report.html` for the `localize` results in `out_dir` and return its path.
 
     Thumbnails (`out_dir/thumbs/`) and input metadata are made once and reused while their files are
     unchanged (same size, mtime and inode), so a re-run after more images were localized only reads the new
     ones; delete `thumbs/` to have every input hashed again. Inputs and localize outputs are never written. A missing or unreadable file becomes a note in its image's row. Raises
     DiffimlError when results.json is missing or corrupt, or report.html or thumbs/ cannot be written.
+    `on_row()` is called once per image as its row is made (from worker threads).
     """
     out_dir = Path(out_dir)
     document = read_results(out_dir)
@@ -193,7 +201,7 @@ def build_report(out_dir: str | Path, *, title: str | None = None, workers: int 
         thumbs = ThumbnailStore(out_dir)
         metadata = StatCache(thumbs.folder / METADATA_CACHE)
         root = input_root([entry["image"] for entry in entries])
-        rows = _rows(entries, RowSources(out_dir, thumbs, metadata, root), workers)
+        rows = _rows(entries, RowSources(out_dir, thumbs, metadata, root), workers, on_row)
         thumbs.save()
         try:
             metadata.save()
