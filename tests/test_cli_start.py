@@ -89,3 +89,10 @@ def test_the_changelog_has_a_section_for_the_version_the_command_prints():
     changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in changelog and f"## [{__version__}] - " in changelog
     assert "keepachangelog.com" in changelog
+
+
+def test_a_command_s_help_loads_only_its_own_module():
+    probe = ("import sys\nfrom diffiml_cli.cli.app import app\ntry:\n    app(['report', '--help'], prog_name='diffiml')\n"
+             "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith('diffiml_cli.cli.')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "'diffiml_cli.cli.report'" in loaded and "'diffiml_cli.cli.train'" not in loaded, loaded

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,22 @@ def detector_checkpoint(tmp_path_factory, tiny_checkpoint):
     return out / "final"
 
 
+@pytest.fixture(scope="module")
+def random_detector_checkpoint(tmp_path_factory):
+    """A random localizer of the test preset with a detector whose weights are random too, so that its score
+    depends on everything it reads (a fresh detector scores the map's maximum alone, and a briefly trained one
+    ranks images almost as the maximum does); its scores straddle 0.5."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(get_preset("test"), detector=DetectorConfig())
+    localizer = build_localizer(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in localizer.detector.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+        localizer.detector.pool.bias -= 1.8  # the logit of its typical score, about 0.86 on noise images
+    return save_checkpoint(tmp_path_factory.mktemp("random-detector"), localizer, config)
+
+
 def test_training_the_detector_changes_nothing_else(tiny_checkpoint, detector_checkpoint):
     old, _ = load_model(tiny_checkpoint)
     new, config = load_model(detector_checkpoint)
@@ -77,24 +95,16 @@ def test_the_score_pools_the_image_alone_and_cells_summarise_the_maps():
 
 
 @pytest.mark.parametrize("size", [(37, 45), (33, 41)])
-def test_the_detector_reads_every_cell_that_holds_image_pixels(tmp_path, size):
+def test_the_detector_reads_every_cell_that_holds_image_pixels(random_detector_checkpoint, size):
     """A native-resolution image of 37 x 45 (or 33 x 41) pixels is padded to 64 x 64; its detection score is that
     of the 5 x 6 latent cells that hold its pixels (the last row and column partly padding), not of the 4 x 5
     whole ones (nor, for 33 x 41, of the 4 x 5 that rounding the sides / 8 would give)."""
-    torch.manual_seed(0)
-    config = dataclasses.replace(get_preset("test"), resolution="native", detector=DetectorConfig())
-    localizer = build_localizer(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random weights: a fresh detector would read the map's maximum alone
-        for parameter in localizer.detector.parameters():
-            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-    save_checkpoint(tmp_path / "ckpt", localizer, config)
-    pipeline = load_localizer(tmp_path / "ckpt", device="cpu", precision="fp32",
+    pipeline = load_localizer(random_detector_checkpoint, device="cpu", precision="fp32", resolution="native",
                               sampling=SamplingOptions(steps=1, ensemble=2))
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     result = pipeline.predict(image)
 
-    padded = pad_to_multiple(image, config.input_multiple)
+    padded = pad_to_multiple(image, pipeline.config.input_multiple)
     assert tuple(padded.tensor.shape[-2:]) == (64, 64)
     whole = pipeline.predictor.predict(padded.tensor[None], pipeline.sampling)  # the padded input's 8 x 8 cells
     detector = pipeline.predictor.localizer.detector
@@ -212,19 +222,50 @@ def test_calibrate_then_localize_writes_scores_verdicts_and_gates(detector_check
     assert python.gated is False and python.verdict in ("manipulated", "authentic")
 
 
-def test_evaluate_reports_detection_from_the_detector(detector_checkpoint, tmp_path):
+def _auc(positive, negative) -> float:
+    """P(a tampered image outscores an authentic one), ties counting half."""
+    return float(np.mean([(p > n) + 0.5 * (p == n) for p in positive for n in negative]))
+
+
+@pytest.mark.parametrize("checkpoint", ["detector_checkpoint", "random_detector_checkpoint"])
+def test_evaluate_reports_detection_from_the_detector(request, tmp_path, checkpoint):
+    """evaluate's per-image detection and image scores are those the Python API computes for the same images and
+    seed, and its image-level metrics are of the detection scores (max_score_auc of the image scores). The random
+    detector ranks and calls the images otherwise than their maxima do, so reading the wrong score shows."""
+    detector_checkpoint = request.getfixturevalue(checkpoint)
     data = _set(tmp_path / "set")
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["evaluate", "-d", str(data), "-c", str(detector_checkpoint), "--json", "-o",
-                                      str(out), *FAST])
+                                      str(out), "--seed", "3", "--precision", "fp32", *FAST])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     metrics = document["datasets"]["set"]["metrics"]
-    per_image = [line for line in (out / "per_image.csv").read_text().splitlines()[1:]]
-    assert len(per_image) == 8
-    for key in ("image_auc", "max_score_auc", "image_balanced_accuracy", "pixel_f1_all", "authentic_any_rate"):
-        assert key in metrics and (metrics[key] is None or 0 <= metrics[key] <= 1)
     assert "detection_score" in document["definitions"] and "image_balanced_accuracy" in document["definitions"]
+    with open(out / "per_image.csv", newline="") as handle:
+        rows = {Path(row["image"]).name: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == sorted([f"a{i}.png" for i in range(4)] + [f"t{i}.png" for i in range(4)])
+
+    localizer = load_localizer(detector_checkpoint, device="cpu", precision="fp32")
+    detection, maxima, labels = [], [], []
+    for name, row in rows.items():
+        image = data / ("Tp" if name.startswith("t") else "Au") / name
+        expected = localizer.predict(image, steps=1, ensemble=1, seed=3)
+        assert float(row["detection_score"]) == pytest.approx(expected.detection_score, abs=1e-5), name
+        assert float(row["image_score"]) == pytest.approx(expected.image_score, abs=1e-5), name
+        assert row["tampered"] == str(name.startswith("t"))
+        detection.append(expected.detection_score)
+        maxima.append(expected.image_score)
+        labels.append(name.startswith("t"))
+    detection, maxima, labels = np.array(detection), np.array(maxima), np.array(labels)
+    assert metrics["image_auc"] == pytest.approx(_auc(detection[labels], detection[~labels]))
+    assert metrics["max_score_auc"] == pytest.approx(_auc(maxima[labels], maxima[~labels]))
+    called = detection >= 0.5  # no calibration: the detection scores at 0.5
+    assert metrics["image_accuracy"] == pytest.approx(np.mean(called == labels))
+    assert metrics["image_balanced_accuracy"] == pytest.approx((called[labels].mean() + (~called[~labels]).mean()) / 2)
+    assert (metrics["n_tampered"], metrics["n_authentic"]) == (4, 4)
+    if checkpoint == "random_detector_checkpoint":  # what the test can tell apart
+        assert _auc(detection[labels], detection[~labels]) != _auc(maxima[labels], maxima[~labels])
+        assert np.mean(called == labels) != np.mean((maxima >= 0.5) == labels)
 
 
 def test_training_from_a_calibrated_checkpoint_drops_its_calibration(detector_checkpoint, tmp_path):

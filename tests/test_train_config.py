@@ -72,7 +72,7 @@ def test_a_run_s_train_config_json_repeats_the_run(tmp_path, photo_folder, tiny_
 def test_every_train_option_sits_in_a_help_panel():
     from typer.main import get_command
 
-    command = get_command(app).commands["train"]
+    command = get_command(app).get_command(None, "train")
     unplaced = [param.name for param in command.params if param.name != "config" and not param.rich_help_panel]
     assert unplaced == []
     assert {param.rich_help_panel for param in command.params} >= {"Data", "Model", "Optimisation", "Detector",
@@ -91,5 +91,5 @@ def test_the_guide_s_example_file_names_only_train_options(tmp_path):
     example = tmp_path / "run.toml"
     example.write_text(re.search(r"```toml\n(.*?)```", guide, re.S).group(1))
     options = read_train_config(example)
-    names = {param.name for param in get_command(app).commands["train"].params}
+    names = {param.name for param in get_command(app).get_command(None, "train").params}
     assert options and set(options) <= names

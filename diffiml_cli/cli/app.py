@@ -4,7 +4,8 @@ Exit codes: 0 everything succeeded; 1 some inputs failed, or the run could not s
 on stderr); 2 a usage error (a bad option). Set DIFFIML_DEBUG=1 to get tracebacks instead.
 
 Starting is instant: the command modules import only typer, rich and light modules at the top, and torch and
-the models inside the command that runs (tests/test_cli_start.py keeps it so).
+the models inside the command that runs; `diffiml COMMAND` imports and builds that command alone (`_Commands`).
+tests/test_cli_start.py keeps it so.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import importlib
 import inspect
 import os
 import warnings
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from diffiml_cli.cli.display import set_command_options, visible
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.version import __version__
+
+if TYPE_CHECKING:
+    import click
 
 
 def _reporting_errors(command):
@@ -98,13 +102,23 @@ COMMANDS = {
 }
 
 
-def _register() -> None:
-    for name, target in COMMANDS.items():
-        module, function = target.split(":")
-        app.command(name=name)(getattr(importlib.import_module(f"diffiml_cli.cli.{module}"), function))
+class _Commands(typer.core.TyperGroup):
+    """The commands of COMMANDS, each imported and built the first time it is asked for: `diffiml COMMAND` and
+    `diffiml COMMAND --help` load one command module, `diffiml --help` all of them (for their one-line help)."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            module, function = COMMANDS[name].split(":")
+            single = _App(add_completion=False)  # completion is the root's
+            single.command(name=name)(getattr(importlib.import_module(f"diffiml_cli.cli.{module}"), function))
+            self.commands[name] = typer.main.get_command(single)
+        return self.commands.get(name)
 
 
-_register()
+app.info.cls = _Commands
 
 
 def main() -> None:

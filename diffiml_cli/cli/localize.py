@@ -96,7 +96,7 @@ def result_line(result: ImageResult) -> str:
     """`manipulated  detection 0.912  marked  12.3%  photo.jpg` (rich markup; the name escaped)."""
     name = markup_safe(result.image)
     if result.status == "failed":
-        return f"[red]failed[/red]       {markup_safe(result.error)}"
+        return f"[red]failed[/red] {markup_safe(result.error)}"  # the error names the file
     verdict = result.verdict or "no verdict"
     colour = {"manipulated": "red", "authentic": "green"}.get(verdict, "default")
     score = ("detection " if result.detection_score is not None else "max prob  ") + _number(
