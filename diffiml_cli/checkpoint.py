@@ -174,6 +174,8 @@ def load_checkpoint(source: str | Path, *, allow_pickle: bool = False) -> tuple[
             header = json.loads(metadata["diffiml"])
         except json.JSONDecodeError as error:
             raise DiffimlError(f"{weights}: the diffiml metadata is not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise DiffimlError(f"{weights}: the diffiml metadata is not valid JSON (nested too deeply)") from None
     elif (weights.parent / CONFIG_NAME).is_file():
         header = _read_json(weights.parent / CONFIG_NAME)
     else:
@@ -239,6 +241,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DiffimlError(f"{path}: not readable JSON ({error})") from None
+    except RecursionError:
+        raise DiffimlError(f"{path}: not readable JSON (nested too deeply)") from None
 
 
 def _parse_header(header: Any, where: Path) -> tuple[str, Any]:

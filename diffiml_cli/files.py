@@ -18,6 +18,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from diffiml_cli.errors import DiffimlError
 
@@ -126,9 +127,9 @@ def append_lines(path: Path, lines: Sequence[str]) -> None:
         return
     data = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
     try:
-        fd, created = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666), True
+        fd, created = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL), True
     except FileExistsError:
-        fd, created = os.open(path, os.O_WRONLY | os.O_APPEND), False
+        fd, created = _open_no_follow(path, os.O_WRONLY | os.O_APPEND), False
     try:
         written = 0
         while written < len(data):
@@ -145,7 +146,7 @@ def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive POSIX lock (`fcntl.lockf`, which also works over NFS) on `lock_path`, held for the block;
     it waits for another process that holds it. The lock file itself stays (it holds nothing)."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_no_follow(lock_path, os.O_RDWR | os.O_CREAT)
     except OSError as error:
         raise DiffimlError(f"{lock_path}: cannot create the lock file ({error.strerror or error})") from None
     try:
@@ -155,3 +156,44 @@ def locked(lock_path: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _open_no_follow(path: Path, flags: int) -> int:
+    """os.open with O_NOFOLLOW: a symbolic link planted under the name is refused (ELOOP), never followed out of
+    its folder. Raises OSError."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link; refusing to write through it", str(path)) from None
+        raise
+
+
+def sha256_of(handle: BinaryIO) -> str:
+    """The SHA-256 (hex) of an open binary file's bytes from its start; the handle is left at its start."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 20):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def escapes(root: Path, path: Path) -> bool:
+    """Whether writing, replacing or deleting `path` could touch anything outside the folder `root`: `path` is a
+    symbolic link, or its nearest existing folder resolves (through links) outside `root`'s real path."""
+    if os.path.islink(path):
+        return True
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.exists() and folder != folder.parent:  # the part still to be created cannot hold a link
+        folder = folder.parent
+    real_root, real_folder = os.path.realpath(root), os.path.realpath(folder)
+    return os.path.commonpath([real_root, real_folder]) != real_root
+
+
+def require_inside(root: Path, path: Path) -> None:
+    """Raise DiffimlError (one line) when `escapes(root, path)`: nothing is written outside an output folder,
+    whatever links it holds."""
+    if escapes(root, path):
+        raise DiffimlError(f"{path}: leads outside the output folder {root} (a symbolic link); refusing to write "
+                           "there")

@@ -8,15 +8,15 @@ Decoding uses Pillow; encoding uses OpenCV (faster PNG writes).
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import os
 import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -24,9 +24,10 @@ from PIL import Image, ImageCms
 
 from diffiml_cli.defaults import DEFAULT_MAX_PIXELS
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.files import atomic_write_bytes
+from diffiml_cli.files import atomic_write_bytes, sha256_of
+from diffiml_cli.listing import IMAGE_EXTENSIONS, list_images  # noqa: F401 - re-exported: one module reads images
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+
 
 # EXIF orientation -> the transpose that undoes it; the same table as PIL.ImageOps.exif_transpose.
 # Applied by hand so that `image_size` and `load_rgb` read the orientation the same way.
@@ -56,13 +57,8 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-@contextlib.contextmanager
-def _open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
-    """Open `path` lazily (header only), refusing images above `max_pixels`.
-
-    Any failure inside the `with` block, decoding included, becomes a DiffimlError naming the path.
-    """
-    path = Path(path)
+def _check_regular_file(path: Path) -> None:
+    """Raise DiffimlError unless `path` is an existing regular file (a FIFO would block the decoder forever)."""
     if path.is_dir():
         raise DiffimlError(f"{path}: is a folder, not an image file")
     if not path.exists():
@@ -70,6 +66,17 @@ def _open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
         raise DiffimlError(f"{path}: {reason}")
     if not path.is_file():  # a FIFO would block the decoder forever
         raise DiffimlError(f"{path}: not a regular file (a FIFO, socket or device)")
+
+
+@contextlib.contextmanager
+def _open_image(path: str | Path, max_pixels: int, handle: BinaryIO | None = None) -> Iterator[Image.Image]:
+    """Open `path` lazily (header only), refusing images above `max_pixels`; from `handle` (the same file,
+    already open) when given.
+
+    Any failure inside the `with` block, decoding included, becomes a DiffimlError naming the path.
+    """
+    path = Path(path)
+    _check_regular_file(path)
     try:
         if path.stat().st_size == 0:
             raise DiffimlError(f"{path}: empty file (0 bytes)")
@@ -77,7 +84,7 @@ def _open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
             saved_limit = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                image = Image.open(path)
+                image = Image.open(handle if handle is not None else path)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved_limit
     except DiffimlError:
@@ -85,7 +92,9 @@ def _open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as error:
         raise _too_large(path, error, max_pixels) from None
     except Image.UnidentifiedImageError:
-        raise DiffimlError(f"{path}: not a recognised image file") from None
+        image = _float_tiff(path, handle, max_pixels)  # Pillow reads no float RGB TIFF; OpenCV does
+        if image is None:
+            raise DiffimlError(f"{path}: not a recognised image file") from None
     except Exception as error:  # noqa: BLE001 - any decoder failure is the file's fault
         raise DiffimlError(f"{path}: cannot read image ({_one_line(error)})") from None
     with image:
@@ -191,9 +200,63 @@ def _apply_icc(image: Image.Image, icc: bytes | None) -> Image.Image:
         return image
 
 
-def _check_png(path: str | Path, image: Image.Image) -> None:
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a classic TIFF's first IFD (tags 256 and 257), or None when it is not one."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:
+        return None
+    offset, = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return None
+    count, = struct.unpack(order + "H", data[offset:offset + 2])
+    size: dict[int, int] = {}
+    for index in range(min(count, 4096)):
+        entry = data[offset + 2 + 12 * index:offset + 14 + 12 * index]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):
+            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def _float_tiff(path: Path, handle: BinaryIO | None, max_pixels: int) -> Image.Image | None:
+    """A float (or other OpenCV-only) TIFF as a PIL RGB image, or None when it is not a TIFF OpenCV reads.
+
+    The size in its header is checked against `max_pixels` before decoding. Float samples are taken as
+    intensities in [0, 1] when every finite value lies there, else stretched min..max; NaN and infinities become
+    0 (as `_scale_high_bit` does for one channel)."""
+    if handle is not None:
+        handle.seek(0)
+        data = handle.read()
+    else:
+        data = path.read_bytes()
+    size = _tiff_size(data)
+    if size is None:
+        return None
+    if size[0] * size[1] > max_pixels:
+        raise _too_large(path, size, max_pixels)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        return None
+    values = np.nan_to_num(pixels[..., :3].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if pixels.dtype.kind == "f":
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    else:
+        values = values / float(np.iinfo(pixels.dtype).max)
+    rgb = np.round(values[..., ::-1] * 255.0).astype(np.uint8)  # OpenCV gives BGR
+    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    image.format = "TIFF"
+    return image
+
+
+def _check_png(path: str | Path, image: Image.Image, handle: BinaryIO | None = None) -> None:
     if image.format == "PNG":
-        problem = _png_chunk_problem(Path(path).read_bytes())
+        if handle is not None:
+            handle.seek(0)
+        problem = _png_chunk_problem(handle.read() if handle is not None else Path(path).read_bytes())
         if problem is not None:
             raise DiffimlError(f"{path}: {problem}")
 
@@ -240,6 +303,26 @@ def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
         return rgb
 
 
+def load_rgb_hashed(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """`load_rgb`, and the SHA-256 (hex) of the very bytes decoded: one open file serves both, so the hash and
+    the pixels cannot come from two versions of a file replaced in between. Raises DiffimlError."""
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise DiffimlError(f"{path}: cannot read image ({_one_line(error)})") from None
+    with handle:
+        try:
+            digest = sha256_of(handle)
+        except OSError as error:
+            raise DiffimlError(f"{path}: cannot read image ({_one_line(error)})") from None
+        with _open_image(path, max_pixels, handle) as image:
+            rgb = _decode_rgb(image, background=255, use_icc=True)
+            _check_png(path, image, handle)
+    return rgb, digest
+
+
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
     """An already opened PIL image -> (H, W, 3) uint8 RGB, converted exactly as `load_rgb` converts a file."""
     try:
@@ -248,17 +331,36 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
         raise DiffimlError(f"cannot decode the image ({_one_line(error)})") from None
 
 
-def load_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a ground-truth mask as (H, W) bool, True = manipulated.
+MASK_FORMS = ("0/255", "colour", "label map", "empty")
 
-    Colour masks go through the usual luma conversion (0.299 R + 0.587 G + 0.114 B), 16-bit and
-    float masks are scaled to 8 bits first, transparent pixels count as black, and the gray level
-    is thresholded at 127.5. Raises DiffimlError("<path>: <reason>").
+
+def load_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a ground-truth mask as (H, W) bool, True = manipulated (the rule of `load_mask_with_form`).
+    Raises DiffimlError("<path>: <reason>")."""
+    return load_mask_with_form(path, max_pixels=max_pixels)[0]
+
+
+def load_mask_with_form(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Read a ground-truth mask as ((H, W) bool, True = manipulated; its form, one of MASK_FORMS).
+
+    The rule, whatever the file's form: a pixel's value is its brightest channel (so red, or any colour, on
+    black counts), after 16-bit and float masks are scaled to 8 bits and transparent pixels are taken as black.
+    A mask whose brightest value is 128 or more is manipulated above 127 ("0/255" when gray, "colour" when its
+    channels differ: JPEG noise in a 0/255 mask stays authentic); one whose brightest value lies in 1..127 is a
+    label map (0/1, or small class ids), manipulated wherever it is not 0 ("label map"); all 0 is "empty".
+    Raises DiffimlError("<path>: <reason>").
     """
     with _open_image(path, max_pixels) as image:
         rgb = _decode_rgb(image, background=0, use_icc=False)
         _check_png(path, image)
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) > 127
+    value = rgb.max(axis=2)
+    top = int(value.max()) if value.size else 0
+    if top == 0:
+        return np.zeros(value.shape, bool), "empty"
+    if top < 128:
+        return value > 0, "label map"
+    gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    return value > 127, "0/255" if gray else "colour"
 
 
 def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -274,8 +376,9 @@ def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
         return width, height
 
 
-def save_png_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write (H, W) or (H, W, 3) RGB uint8 (or bool, written as 0/255) to `path` as PNG.
+def save_png_atomic(path: str | Path, array: np.ndarray, *, mark: Callable[[bytes], bytes] | None = None) -> None:
+    """Write (H, W) or (H, W, 3) RGB uint8 (or bool, written as 0/255) to `path` as PNG; `mark`, when given,
+    rewrites the encoded bytes first (`batch.provenance.mark_png` adds the image's provenance chunk).
 
     The data go to a hidden temporary file in the same folder, which is then renamed over `path`,
     so a reader never sees a truncated file under the final name (`files.atomic_write`). Raises
@@ -290,63 +393,8 @@ def save_png_atomic(path: str | Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels))
     if not ok:
         raise DiffimlError(f"{path}: PNG encoding failed")
+    data = encoded.tobytes()
     try:
-        atomic_write_bytes(path, encoded.tobytes())
+        atomic_write_bytes(path, mark(data) if mark else data)
     except OSError as error:  # chained, so a caller can tell a full disk (files.is_out_of_space) from the rest
         raise DiffimlError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from error
-
-
-def _is_image_file(path: Path) -> bool:
-    # Hidden files are skipped: macOS "._x.jpg" resource forks and our own atomic-write temporaries.
-    # Anything else with an image suffix that is not a folder is kept, broken links and FIFOs
-    # included, so that decoding reports it instead of the file silently going missing.
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and not path.is_dir()
-
-
-def _walk_images(folder: Path) -> list[Path]:
-    found = [
-        Path(root) / name
-        for root, _dirs, names in os.walk(folder, followlinks=True)
-        for name in names
-    ]
-    return sorted(path for path in found if _is_image_file(path))
-
-
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files, folders (recursive) and glob patterns into a list of image paths.
-
-    A file named explicitly is kept whatever its extension or content (decoding reports it
-    later); folders and glob matches contribute only non-hidden entries with an IMAGE_EXTENSIONS
-    suffix (broken links and special files included, so they are reported), in sorted order.
-    Duplicates are dropped, keeping the first. Raises DiffimlError for an input that does not
-    exist, a glob matching no image, or a folder holding none.
-    """
-    listed: list[Path] = []
-    for item in inputs:
-        text = str(item)
-        path = Path(item)
-        if path.is_dir():
-            found = _walk_images(path)
-            if not found:
-                raise DiffimlError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        elif os.path.lexists(path):
-            found = [path]
-        elif glob.has_magic(text):
-            found = []
-            for match in sorted(glob.glob(text, recursive=True)):
-                match_path = Path(match)
-                found.extend(_walk_images(match_path) if match_path.is_dir() else
-                             [match_path] if _is_image_file(match_path) else [])
-            if not found:
-                raise DiffimlError(f"{text}: pattern matches no image files")
-        else:
-            raise DiffimlError(f"{text}: no such file or folder")
-        listed.extend(found)
-    seen: set[str] = set()
-    unique: list[Path] = []
-    for path in listed:
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique

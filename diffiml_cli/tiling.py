@@ -44,13 +44,30 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [-(-span // CELL) * CELL]
 
 
+PADDED_SIDE = 64  # a model input's sides are padded up to a multiple of at most this (`input_multiple`)
+
+
+def tile_sides(height: int, width: int, tile: int) -> tuple[int, int]:
+    """(tile height, tile width): `tile` x `tile`, except that along the long side of an image thinner than
+    `tile` the tiles grow to tile² / (the short side padded to PADDED_SIDE), rounded down to 8, so that a
+    pass still holds about tile² pixels and the number of passes follows the pixel count, not the long side."""
+    short = min(height, width)
+    if short >= tile:
+        return tile, tile
+    padded = -(-short // PADDED_SIDE) * PADDED_SIDE
+    long = max(tile, tile * tile // padded // CELL * CELL)
+    return (tile, long) if height <= width else (long, tile)
+
+
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """The tiles that cover a (height, width) image; `tile` and `overlap` in pixels, multiples of 8."""
+    """The tiles that cover a (height, width) image; `tile` and `overlap` in pixels, multiples of 8; tiles of a
+    thin image are longer along its long side (`tile_sides`)."""
     if tile % CELL or overlap % CELL or not 0 <= overlap < tile:
         raise DiffimlError(f"tile ({tile}) and tile overlap ({overlap}) must be multiples of {CELL}, "
                            "with 0 <= overlap < tile")
-    return [Tile(top, left, min(tile, height - top), min(tile, width - left))
-            for top in _starts(height, tile, overlap) for left in _starts(width, tile, overlap)]
+    tall, wide = tile_sides(height, width, tile)
+    return [Tile(top, left, min(tall, height - top), min(wide, width - left))
+            for top in _starts(height, tall, overlap) for left in _starts(width, wide, overlap)]
 
 
 def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
@@ -68,14 +85,18 @@ def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
 
 
 def blend_window(tile: Tile, height: int, width: int, overlap: int, scale: int = 1) -> np.ndarray:
-    """(tile.height / scale, tile.width / scale) float32 weights of `tile` in a (height, width) image: the
-    cosine ramps only at sides that are inside the image. scale 8 gives the per-cell weights."""
+    """(ceil(tile.height / scale), ceil(tile.width / scale)) float32 weights of `tile` in a (height, width)
+    image: the cosine ramps only at sides that are inside the image. scale 8 gives the per-cell weights."""
     rows = _ramp(tile.height, overlap, tile.top > 0, tile.top + tile.height < height)
     cols = _ramp(tile.width, overlap, tile.left > 0, tile.left + tile.width < width)
-    window = np.outer(rows, cols)
-    if scale > 1:  # the weight at each cell's centre pixel
-        window = window[scale // 2::scale, scale // 2::scale]
-    return window.astype(np.float32)
+    if scale > 1:  # the weight at each cell's centre pixel; a last, partial cell takes its last pixel's
+        rows, cols = rows[_cell_centres(tile.height, scale)], cols[_cell_centres(tile.width, scale)]
+    return np.outer(rows, cols).astype(np.float32)
+
+
+def _cell_centres(length: int, scale: int) -> np.ndarray:
+    """(ceil(length / scale),) indices of each cell's centre pixel, clipped into the `length` pixels."""
+    return np.minimum(np.arange(math.ceil(length / scale)) * scale + scale // 2, length - 1)
 
 
 class Stitcher:

@@ -39,6 +39,7 @@ from diffiml_cli.inference import Predictor
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.models.build import AnyLocalizer
 from diffiml_cli.training_options import TrainOptions
+from diffiml_cli.jsonsafe import finite_json
 from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
                                    diffiml_loss, segmentation_loss)
 
@@ -257,7 +258,8 @@ class Trainer:
         if self.context.is_main:
             remove_stale_temporaries(out_dir, (TRAIN_STATE_NAME,))  # left by a run killed mid-write
             document = {"model": dataclasses.asdict(self.config), "train": asdict(options)}
-            atomic_write_bytes(out_dir / "train_config.json", json.dumps(document, indent=2, default=str).encode())
+            text = json.dumps(finite_json(document), indent=2, default=str, allow_nan=False)
+            atomic_write_bytes(out_dir / "train_config.json", text.encode())
         self._trim_logs()
         record: dict = {}
         started, steps_at_start = time.perf_counter(), self.step
@@ -303,7 +305,7 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.context.is_main:
             with (self.options.out_dir / LOG_NAME).open("a") as log:
-                log.write(json.dumps(record) + "\n")
+                log.write(json.dumps(finite_json(record), allow_nan=False) + "\n")  # a NaN loss is null
 
     def _save_inference_checkpoints(self, f1: float) -> None:
         if not self.context.is_main:

@@ -145,6 +145,70 @@ def _cmyk(path: Path) -> None:
     Image.fromarray(photo(30, 40)).convert("CMYK").save(path, quality=90)
 
 
+def _float_rgb_tiff(nan: bool) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        import tifffile
+
+        values = photo(30, 40).astype(np.float32) / 255.0
+        if nan:
+            values[:5, :5] = np.nan
+            values[5:8, :5] = np.inf
+        tifffile.imwrite(path, values, photometric="rgb")  # Pillow reads no float RGB TIFF; OpenCV does
+
+    return make
+
+
+def _multipage_tiff(path: Path) -> None:
+    pages = [Image.fromarray(photo(30, 40, seed)) for seed in range(3)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def _apng(path: Path) -> None:
+    frames = [Image.fromarray(photo(30, 40, seed)) for seed in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+
+
+def _with_orientation(value: int) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = value
+        Image.fromarray(photo(30, 40)).save(path, exif=exif.tobytes(), quality=90)
+
+    return make
+
+
+def _polyglot(path: Path) -> None:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("payload.txt", "a zip archive after the PNG's IEND")
+    path.write_bytes(encoded(Image.fromarray(photo(30, 40)), "PNG") + buffer.getvalue())
+
+
+def _huge_text_png(path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "x" * 2_000_000)
+    Image.fromarray(photo(30, 40)).save(path, pnginfo=info)
+
+
+def _huge_comment_jpeg(path: Path) -> None:
+    Image.fromarray(photo(30, 40)).save(path, quality=90, comment=b"y" * 65000)
+
+
+def _apple_double(path: Path) -> None:
+    path.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+
+
+def _marked_like_our_output(path: Path) -> None:
+    """A photo carrying diffiml's output mark, given as evidence from outside --out: analysed all the same."""
+    from diffiml_cli.batch.provenance import mark_png
+
+    path.write_bytes(mark_png(encoded(Image.fromarray(photo(30, 40)), "PNG"), "0" * 64, "mask"))
+
+
 def _mkdir(path: Path) -> None:
     path.mkdir()
 
@@ -174,10 +238,13 @@ class ImageKind:
     args: tuple[str, ...] = ()  # extra localize options
     unreadable: bool = False  # skipped where the file can be read anyway (root: os.geteuid() == 0)
     run_error: bool = False  # the run stops before any image: `error: <path>: <reason>` only
+    not_analysed: str | None = None  # deliberately not analysed: results.json `not_analysed` gives this reason
 
     def expected(self) -> str:
         """The behaviour column of the table."""
         options = f" with `{' '.join(self.args)}`" if self.args else ""
+        if self.not_analysed is not None:
+            return f"exit 0{options}, no outputs; results.json `not_analysed` with the reason `{self.not_analysed}`"
         if self.run_error:
             return f"exit 1{options}, one line `error: <path>: {self.error}`, nothing written"
         if self.error is not None:
@@ -241,6 +308,46 @@ IMAGE_KINDS: dict[str, ImageKind] = {kind_id: kind for kind_id, kind in {
     "wide-20000x20": ImageKind("wide.png", _save(photo(20, 20000)), "20000 px wide, 20 px tall", size=(20000, 20)),
     "unicode-spaces": ImageKind("Fälschung 写真 №1 (copy).png", _save(photo(30, 40)),
                                 "unicode file name with spaces", size=(40, 30)),
+    # Added with the evidence-integrity review: each was a crash, a refusal or a silent omission before.
+    "wide-4000x2": ImageKind("strip.png", _save(photo(2, 4000)), "valid 4000 x 2 PNG (crashed the tiling once)",
+                             size=(4000, 2)),
+    "tall-2x4000": ImageKind("pole.png", _save(photo(4000, 2)), "valid 2 x 4000 PNG", size=(2, 4000)),
+    "one-pixel": ImageKind("dot.png", _save(photo(1, 1)), "1 x 1 PNG", size=(1, 1)),
+    "tiff-float-rgb": ImageKind("float-rgb.tif", _float_rgb_tiff(False), "RGB float32 TIFF (OpenCV reads it)",
+                                size=(40, 30)),
+    "tiff-float-rgb-nan": ImageKind("float-nan.tif", _float_rgb_tiff(True), "RGB float32 TIFF with NaN and inf "
+                                    "samples (read as 0)", size=(40, 30)),
+    "tiff-multipage": ImageKind("pages.tif", _multipage_tiff, "3-page TIFF (first page used)", size=(40, 30)),
+    "apng": ImageKind("moving.png", _apng, "animated PNG (first frame used)", size=(40, 30)),
+    "jpeg-orientation-8": ImageKind("rot8.jpg", _with_orientation(8), "40x30 JPEG with EXIF orientation 8",
+                                    size=(30, 40)),
+    "jpeg-orientation-99": ImageKind("rot99.jpg", _with_orientation(99), "JPEG with an invalid EXIF orientation "
+                                     "(99: ignored)", size=(40, 30)),
+    "png-zip-polyglot": ImageKind("poly.png", _polyglot, "PNG followed by a zip archive (a polyglot)", size=(40, 30)),
+    "png-2mb-text": ImageKind("chatty.png", _huge_text_png, "PNG with a 2 MB text chunk", size=(40, 30)),
+    "jpeg-64k-comment": ImageKind("commented.jpg", _huge_comment_jpeg, "JPEG with a 65,000-byte comment",
+                                  size=(40, 30)),
+    "png-named-jpg": ImageKind("really-a-png.jpg", _save(photo(30, 40), format="PNG"), "PNG bytes named .jpg",
+                               size=(40, 30)),
+    "hidden-file": ImageKind(".hidden.jpg", _JPEG(photo(30, 40)), "hidden file .hidden.jpg (evidence like any "
+                             "other: analysed)", size=(40, 30)),
+    "apple-double": ImageKind("._photo.jpg", _bytes(lambda: b"\x00\x05\x16\x07" + bytes(80)),
+                              "macOS resource fork ._photo.jpg (AppleDouble bytes)",
+                              not_analysed="a macOS resource fork (AppleDouble file), not an image"),
+    "apple-double-name-real-jpeg": ImageKind("._real.jpg", _JPEG(photo(30, 40)), "a real JPEG named like a resource "
+                                             "fork (._real.jpg): analysed", size=(40, 30)),
+    "marked-outside-out": ImageKind("marked.png", _marked_like_our_output, "PNG carrying diffiml's output mark, "
+                                    "outside --out (analysed: the mark counts only inside --out)", size=(40, 30)),
+    "bidi-name": ImageKind("invoice\u202egnp.jpg", _JPEG(photo(30, 40)), "name with a right-to-left override",
+                           size=(40, 30)),
+    "newline-name": ImageKind("two\nlines.png", _save(photo(30, 40)), "name with a newline", size=(40, 30)),
+    "escape-name": ImageKind("\x1b[31mred.png", _save(photo(30, 40)), "name with a terminal escape",
+                             size=(40, 30)),
+    "output-name-too-long": ImageKind("n" * 240 + ".png", _save(photo(30, 40)), "240-byte stem: its output "
+                                      "names would pass 255 bytes", "its output names (… would be longer than the "
+                                      "255 bytes a file name may have; rename the input"),
+    "png-zero-width": ImageKind("zero.png", _bytes(lambda: header_only_png(0, 10)), "PNG header of 0 x 10 pixels",
+                                "not a recognised image file"),
 }.items()}
 
 # The kinds a plain `diffiml localize FOLDER` can meet in one folder (no options of their own).
@@ -304,8 +411,59 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "out-is-a-file": ("--out names an existing file", "exit 1, `error: <out>: the output folder exists and is not a folder`"),
     "nested-folders": ("input folder with sub-folders", "exit 0, outputs mirror the sub-folders under --out"),
     "debug-traceback": ("bad manifest with DIFFIML_DEBUG=1", "exit 1 with a full Python traceback ending in DiffimlError"),
+    # The whole-run cases of the evidence-integrity review (tests/test_evidence_integrity.py, tests/test_batch.py).
+    "predict-raises": ("the model raises on one image of a batch", "exit 1, `<path>: cannot be localized "
+                       "(RuntimeError: …)`; the other images, its batch-mate too, written and recorded"),
+    "evaluate-predict-raises": ("the model raises on one pair in `evaluate`", "exit 1, that pair skipped with "
+                                "`<path>: cannot be localized (…)`; the others scored"),
+    "same-name-other-folder": ("`a/p.png` localized from one working folder, then `/abs/b/p.png` from another into "
+                               "the same --out", "exit 1, `<path>: <out> already holds the outputs (p_mask.png, ...) "
+                               "of another image, <a/p.png resolved>; …`; never credited"),
+    "same-photo-two-folders": ("one photo localized from two working folders", "exit 0, `1 skipped`; one record, "
+                               "keyed by real path and SHA-256"),
+    "file-replaced": ("the input's bytes changed since its outputs were written", "exit 1, `<path>: <out> already "
+                      "holds outputs (p_mask.png, ...) computed from other bytes …`; `--overwrite` redoes it"),
+    "outputs-without-record": ("outputs of this image exist but their record was lost (a kill between them)",
+                               "exit 0, `1 localized`: computed again, with a full record"),
+    "unvouched-outputs": ("unmarked outputs with no record (an older diffiml, or put by hand)",
+                          "exit 1, `<path>: <out> already holds outputs (p_mask.png, ...) that no record of this image "
+                          "vouches for; …`"),
+    "out-equals-in-rerun": ("`localize case --out case` run twice", "exit 0, `1 skipped …, 4 not analysed`; the "
+                            "outputs are listed under `not_analysed`, never analysed as evidence"),
+    "results-jsonl-link": ("<out>/results.jsonl is a symbolic link to a file outside",
+                           "exit 1, `error: <out>/results.jsonl: is a symbolic link; refusing to write through it "
+                           "(…)`; the target untouched"),
+    "output-subfolder-link": ("<out>/sub is a link outside, and an input lies in sub/", "exit 1, `<path>: its "
+                              "outputs' folder <out>/sub leads outside the output folder …`; nothing written there"),
+    "report-thumbs-link": ("`report` when <out>/thumbs links to another folder with an index.json",
+                           "exit 1, `error: <out>/thumbs/index.json: leads outside the output folder …`; nothing "
+                           "there written or deleted"),
+    "folder-link-loops": ("a folder with two symbolic-link loops", "exit 0, each image once"),
+    "long-names": ("--out or an input named with more than 255 bytes", "exit 1, one line `error: <name>: … (File name "
+                   "too long)`"),
+    "deep-manifest": ("an `evaluate` manifest nested 100,000 levels deep", "exit 1, `error: <spec>: JSON nested too "
+                      "deeply to be a dataset list`"),
+    "mask-forms": ("`evaluate` masks stored as 0/255, 0/1 label maps, or red on black",
+                   "exit 0, each counted tampered; `masks of <name>: 1 <form>` on stderr, `mask_forms` in metrics.json"),
+    "sigterm-sighup": ("SIGTERM or SIGHUP during a folder", "exit 143 or 129 after the batch in flight, results.json "
+                       "rebuilt; the same command finishes the rest"),
 }
 
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
+DOC_HEAD = """# Bad and odd input: what diffiml does with each
+
+The rules are in README *Exit codes and bad input* and, in full, in
+[large-jobs.md](large-jobs.md#exit-codes-and-bad-input). This table is generated from the test corpus
+(`tests/corpus.py`, `tests/corpus_checkpoints.py`): every row is run through the real command line by
+`tests/test_bad_input_corpus.py`, and `tests/test_evidence_integrity.py` holds the whole-run cases (links,
+loops, stops, other working folders, `--out` equal to the input folder). Regenerate it with
+`python tests/corpus.py --write`; a test fails when it is out of date.
+
+`<path>` is the input as given on the command line; "…" is any text.
+
+"""
 
 
 def markdown_tables() -> str:
@@ -323,4 +481,9 @@ def markdown_tables() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown_tables())
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        DOC.write_text(DOC_HEAD + markdown_tables() + "\n", encoding="utf-8")
+    else:
+        print(markdown_tables())

@@ -85,6 +85,13 @@ def test_image_kind(kind_id, tiny_checkpoint, tmp_path):
         assert not out.exists()
         return
     document = json.loads((out / "results.json").read_text())
+    if kind.not_analysed is not None:
+        assert result.exit_code == 0, result.output
+        assert document["images"] == [] and not list(out.glob("*.png"))
+        assert document["not_analysed"] == [{"image": str(path), "reason": kind.not_analysed}]
+        assert "0 localized, 0 skipped (outputs exist; --overwrite redoes them), 0 failed, 1 not analysed" \
+            in result.stderr
+        return
     [entry] = document["images"]
     assert entry["image"] == str(path)
     if kind.error is None:
@@ -98,7 +105,7 @@ def test_image_kind(kind_id, tiny_checkpoint, tmp_path):
     assert pattern(f"{path}: {kind.error}").fullmatch(error), error
     assert entry["status"] == "failed" and document["failures"] == [{"image": str(path), "error": entry["error"]}]
     lines = result.stderr.splitlines()
-    assert f"failed {error}" in lines and lines[-2:] == ["failures:", f"  {error}"]
+    assert ["failed", error] in [line.split(None, 1) for line in lines] and lines[-2:] == ["failures:", f"  {error}"]
     assert not list(out.glob("*.png"))
 
 
@@ -126,7 +133,12 @@ def test_batch_continues_past_every_bad_kind_and_loses_nothing(tiny_checkpoint, 
     entries = {entry["image"]: entry for entry in document["images"]}
     assert entries[str(earlier)]["status"] == "ok"  # the earlier run's entry is kept
     bad = {kind_id for kind_id in kinds if IMAGE_KINDS[kind_id].error is not None}
+    left_out = {kind_id for kind_id in kinds if IMAGE_KINDS[kind_id].not_analysed is not None}
+    assert sorted(item["image"] for item in document["not_analysed"]) == sorted(str(paths[k]) for k in left_out)
     for kind_id, path in paths.items():
+        if kind_id in left_out:
+            assert str(path) not in entries
+            continue
         kind, entry = IMAGE_KINDS[kind_id], entries[str(path)]
         if kind_id in bad:
             assert entry["status"] == "failed" and pattern(f"{path}: {kind.error}").fullmatch(cli_wording(entry["error"]))
@@ -137,7 +149,7 @@ def test_batch_continues_past_every_bad_kind_and_loses_nothing(tiny_checkpoint, 
     assert sorted(f["image"] for f in failures) == sorted(str(paths[kind_id]) for kind_id in bad)
     lines = result.stderr.splitlines()
     assert lines[-len(failures) - 1:] == ["failures:", *(f"  {cli_wording(f['error'])}" for f in failures)]
-    assert f"{len(paths) - len(bad)} localized, 0 skipped" in result.stderr
+    assert f"{len(paths) - len(bad) - len(left_out)} localized, 0 skipped" in result.stderr
     assert {p.name: p.read_bytes() for p in out.glob("*.png") if p.name in before} == before
     assert (out / "notes.txt").read_text() == "the analyst's notes"
 
@@ -330,3 +342,11 @@ def test_usage_kind(kind_id, tmp_path):
     assert result.exit_code == 2
     assert "Usage: " in result.stderr
     assert any(pattern(kind.message).fullmatch(line) for line in result.stderr.splitlines()), result.stderr
+
+
+def test_the_documented_table_is_the_tested_one():
+    """docs/bad-input.md is generated from these tables (`python tests/corpus.py --write`)."""
+    from corpus import DOC, DOC_HEAD, markdown_tables
+
+    assert DOC.read_text(encoding="utf-8") == DOC_HEAD + markdown_tables() + "\n", \
+        "docs/bad-input.md is stale: run `python tests/corpus.py --write`"

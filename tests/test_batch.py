@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from corpus import SCENARIOS
 from diffiml_cli.batch import LocalizeOptions, localize_files, runner as batch_runner
 from diffiml_cli.cli.app import app
 from diffiml_cli.pipeline import load_localizer
@@ -84,8 +85,9 @@ def _run_until(argv: list[str], out: Path, records: int, sig: int, env: dict) ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_run_keeps_every_finished_score_and_a_rerun_finishes(tiny_checkpoint, tmp_path, sig):
+    assert "sigterm-sighup" in SCENARIOS
     folder, out = _folder(tmp_path / "in", 60, size=(96, 128)), tmp_path / "out"
     argv = _command(folder, "-c", tiny_checkpoint, "-o", out, "--steps", "4", "--ensemble", "4", "--device", "cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -93,8 +95,8 @@ def test_a_stopped_run_keeps_every_finished_score_and_a_rerun_finishes(tiny_chec
     lines = (out / "results.jsonl").read_text().splitlines()
     finished = {Path(json.loads(line)["image"]).name: json.loads(line) for line in lines if line.strip()}
     assert 5 <= len(finished) < 60, "the run was not stopped mid-folder"
-    if sig == signal.SIGINT:
-        assert stopped.returncode == 130, stopped.stderr
+    if sig != signal.SIGKILL:  # Ctrl-C, and what job schedulers and containers send: stop after the batch
+        assert stopped.returncode == 128 + sig, stopped.stderr
         last = stopped.stderr.strip().splitlines()[-1]
         assert last == f"interrupted: {len(finished)} done, {60 - len(finished)} left; run the same command again to finish"
         assert set(_images(out)) == set(finished)  # results.json was rebuilt before exiting
@@ -107,6 +109,8 @@ def test_a_stopped_run_keeps_every_finished_score_and_a_rerun_finishes(tiny_chec
     for name, record in finished.items():  # the scores of the stopped run survive, and are its own
         assert entries[name]["image_score"] == record["image_score"] and entries[name]["run_id"] == record["run_id"]
     assert all(e["status"] in ("ok", "skipped") and e["image_score"] is not None for e in entries.values())
+    # An image whose PNGs were written before a kill took its record is computed again, with a full record.
+    assert all(e["sha256"] and e["path"] and e["width"] for e in entries.values())
 
 
 def test_a_full_disk_ends_in_one_line_with_valid_records_and_no_partial_sets(tiny_checkpoint, tmp_path, monkeypatch):

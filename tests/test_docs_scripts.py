@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from docs_scripts import load_docs_script
@@ -40,3 +43,38 @@ def test_heldout_kinds_name_every_pair_and_score_by_kind_averages_them(tmp_path,
     assert all(int(lines[kind][1]) == counts[kind] for kind in lines) and sum(counts.values()) == len(tampered)
     with pytest.raises(SystemExit, match="no tampered images"):
         load_docs_script("score_by_kind").main(str(heldout), str(per_image), "absent")
+
+
+def test_real_train_split_keeps_an_original_and_its_edits_on_one_side(tmp_path):
+    """docs/make_real_splits.py: no original and edit of it on both sides, the same draw every time, and the
+    manifests read by `evaluate`'s reader (tampered with masks, originals as Negative)."""
+    import json
+
+    from diffiml_cli.data.readers import load_spec
+
+    script = load_docs_script("make_real_splits")
+    groups, split, write = script.groups, script.split, script.write
+
+    root = tmp_path / "real-train"
+    for folder in ("imd2020/tampered", "imd2020/mask", "imd2020/authentic", "imd2020/tampered-unmasked",
+                   "comofod/forged", "comofod/mask", "comofod/authentic"):
+        (root / folder).mkdir(parents=True)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for index in range(10):
+        ident = f"{index:05d}"
+        for name in (f"imd2020/tampered/{ident}_fake.png", f"imd2020/mask/{ident}_fake.png",
+                     f"imd2020/authentic/{ident}_orig.png", f"comofod/forged/{index:03d}.png",
+                     f"comofod/mask/{index:03d}.png", f"comofod/authentic/{index:03d}.png",
+                     f"imd2020/tampered-unmasked/u{index}_0.png"):
+            cv2.imwrite(str(root / name), image)
+    found = groups(root)
+    parts = split(found)
+    assert parts == split(groups(root)) and not set(parts["train"]) & set(parts["val"])
+    assert len(parts["val"]) == 9 and len(parts["train"]) == 21  # 30 % of each source's 10 groups
+    assert all(len(found[key]) == 2 for key in parts["val"] if key.startswith(("imd2020:", "comofod:")))
+    write(found, parts, tmp_path / "splits")
+    train = json.loads((tmp_path / "splits" / "real-train-train.json").read_text())
+    val_names = {Path(entry[0]).name for entry in json.loads((tmp_path / "splits" / "real-train-val.json").read_text())}
+    assert not {Path(entry[0]).name.split("_")[0] for entry in train} & {name.split("_")[0] for name in val_names}
+    pairs = load_spec(tmp_path / "splits" / "real-train-val.json")
+    assert sum(pair.mask is None for pair in pairs) == sum(pair.mask is not None for pair in pairs) == 6

@@ -225,13 +225,15 @@ def test_list_images_folder_glob_and_errors(tmp_path):
     (tmp_path / "photos" / ".hidden.jpg").write_bytes(b"x")
     (tmp_path / "photos" / "dir.png").mkdir()
     folder = list_images([tmp_path / "photos"])
-    assert [p.relative_to(tmp_path / "photos").as_posix() for p in folder] == ["a.PNG", "b.jpg", "nested/c.tif"]
+    # Hidden files are evidence like any other (a folder listing never leaves one out silently).
+    assert [p.relative_to(tmp_path / "photos").as_posix() for p in folder] == [".hidden.jpg", "a.PNG", "b.jpg",
+                                                                               "nested/c.tif"]
     matched = list_images([str(tmp_path / "photos" / "*.jpg")])
     assert [p.name for p in matched] == ["b.jpg"]
     odd = tmp_path / "scan.raw"
     odd.write_bytes(b"x")
     combined = list_images([odd, tmp_path / "photos", str(tmp_path / "photos" / "b.jpg")])
-    assert combined[0] == odd and len(combined) == 4  # explicit odd file kept, duplicate b.jpg dropped
+    assert combined[0] == odd and len(combined) == 5  # explicit odd file kept, duplicate b.jpg dropped
     with pytest.raises(DiffimlError, match="no such file"):
         list_images([tmp_path / "absent"])
     with pytest.raises(DiffimlError, match="matches no image"):

@@ -20,14 +20,27 @@ def test_the_grid_covers_the_image_with_overlaps_of_at_least_the_asked_width():
         tiles = tile_grid(height, width, 1024, 128)
         covered = np.zeros((height, width), int)
         for tile in tiles:
-            assert tile.top % 8 == 0 and tile.left % 8 == 0 and tile.height <= 1024 and tile.width <= 1024
+            assert tile.top % 8 == 0 and tile.left % 8 == 0 and tile.height * tile.width <= 1024 * 1024
+            assert max(tile.height, tile.width) <= 8 * 1024
             covered[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width] += 1
         assert covered.min() >= 1
         tops = sorted({t.top for t in tiles})
         assert all(b - a <= 1024 - 128 for a, b in zip(tops, tops[1:]))  # neighbours share >= 128 rows
     assert len(tile_grid(3000, 4000, 1024, 128)) == 4 * 5
-    with pytest.raises(Exception, match="multiples of 8"):
-        tile_grid(100, 100, 100, 12)
+
+
+@pytest.mark.parametrize("height, width", [(8, 65500), (65500, 8), (2, 4000), (300, 20000)])
+def test_a_thin_image_takes_passes_in_proportion_to_its_pixels_not_its_long_side(height, width):
+    """A 65500 x 8 image once took 73 square tiles of 1024 (125 s for 0.5 megapixels): its tiles now run along
+    the long side, each within 1024² pixels once padded, so the passes follow the (padded) pixel count."""
+    tiles = tile_grid(height, width, 1024, 128)
+    covered = np.zeros((height, width), np.uint8)
+    for tile in tiles:
+        covered[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width] = 1
+        assert -(-tile.height // 64) * 64 * -(-tile.width // 64) * 64 <= 1024 * 1024 + 64 * 1024
+    assert covered.all()
+    padded_pixels = -(-min(height, width) // 64) * 64 * max(height, width)
+    assert len(tiles) <= -(-padded_pixels // (1024 * 1024)) + 1
 
 
 def test_blended_tiles_of_a_constant_map_stitch_to_that_constant():

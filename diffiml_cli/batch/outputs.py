@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from diffiml_cli.batch.provenance import mark_png
 from diffiml_cli.image_io import save_png_atomic
 from diffiml_cli.pipeline import LocalizationResult
 
@@ -74,9 +76,10 @@ def caption_of(result: LocalizationResult) -> str | None:
     return f"detection {result.detection_score:.2f}{verdict}{gated}"
 
 
-def write_outputs(image: np.ndarray, result: LocalizationResult, paths: dict[str, Path]) -> None:
-    """Write the four PNGs of one image (each atomically). On any failure the ones already written are removed
-    (a partial set never stays under final names) and the DiffimlError propagates."""
+def write_outputs(image: np.ndarray, result: LocalizationResult, paths: dict[str, Path], source_sha256: str) -> None:
+    """Write the four PNGs of one image (each atomically), each marked with the SHA-256 of the input they were
+    computed from (`provenance.mark_png`). On any failure the ones already written are removed (a partial set
+    never stays under final names) and the DiffimlError propagates."""
     written: list[Path] = []
     probability = result.probability
     shown = np.zeros_like(probability) if result.gated else probability
@@ -89,21 +92,11 @@ def write_outputs(image: np.ndarray, result: LocalizationResult, paths: dict[str
     }
     try:
         for kind in OUTPUT_KINDS:
-            save_png_atomic(paths[kind], encoded[kind])
+            save_png_atomic(paths[kind], encoded[kind], mark=functools.partial(mark_png, source_sha256=source_sha256,
+                                                                               kind=kind))
             written.append(paths[kind])
     except BaseException:
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
-
-
-def scores_from_outputs(paths: dict[str, Path]) -> dict[str, float | int] | None:
-    """Recompute an image's record from its PNGs (when no record of the run that wrote them survives): the
-    image score (max of `_prob.png`, to 1/255), the manipulated fraction and the size; None if unreadable."""
-    prob = cv2.imread(str(paths["prob"]), cv2.IMREAD_UNCHANGED)  # None when missing or unreadable
-    mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_UNCHANGED)
-    if prob is None or mask is None or prob.shape != mask.shape:
-        return None
-    return {"image_score": round(float(prob.max()) / 255.0, 4), "manipulated_fraction": float((mask > 127).mean()),
-            "width": int(prob.shape[1]), "height": int(prob.shape[0])}

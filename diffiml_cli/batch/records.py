@@ -29,13 +29,15 @@ STATUSES = ("ok", "skipped", "failed")
 class ImageResult:
     """What happened to one input file; `status` is "ok", "skipped" (outputs exist) or "failed".
 
-    The scores are `LocalizationResult`'s (see `pipeline.py`); `note` says where a skipped image's numbers came
-    from when the run that wrote its outputs left no record.
+    `image` is the path as the user gave it (for display); `path` and `sha256` identify the input. The scores
+    are `LocalizationResult`'s (see `pipeline.py`).
     """
 
     image: str
     status: str
     error: str | None = None
+    path: str | None = None  # the input's real path: with sha256, what identifies it whatever the working folder
+    sha256: str | None = None  # of the input file's bytes, as decoded
     image_score: float | None = None
     detection_score: float | None = None
     verdict: str | None = None
@@ -59,8 +61,8 @@ def _parse(lines: Iterable[str]) -> list[dict]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
-            continue  # the tail of an append a kill cut short
+        except (ValueError, RecursionError):
+            continue  # the tail of an append a kill cut short, or a line no run of ours wrote
         if isinstance(entry, dict) and isinstance(entry.get("image"), str) and entry.get("status") in STATUSES:
             records.append(entry)
     return records
@@ -79,7 +81,7 @@ def read_records(out_dir: Path) -> list[dict]:
     try:
         document = json.loads((out_dir / RESULTS_JSON).read_text(encoding="utf-8"))
         return _parse(json.dumps(finite_json(entry), allow_nan=False) for entry in document.get("images", []))
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return []  # absent, or an unreadable old file: replaced, not trusted
 
 
@@ -90,13 +92,20 @@ def mask_output(entry: dict) -> str | None:
     return os.path.realpath(mask) if isinstance(mask, str) and mask else None
 
 
+def identity(entry: dict) -> str:
+    """The key that names a record's input: its real path; an older diffiml's record (no `path`) keeps the path
+    it was given, which is not compared with anything else."""
+    path = entry.get("path")
+    return path if isinstance(path, str) and path else f"legacy:{entry['image']}"
+
+
 def latest_by_image(records: Sequence[dict]) -> dict[str, dict]:
-    """Per image, its latest record; an image whose mask output a later record of another image wrote
-    (--overwrite, or a rename) is dropped, since its outputs are gone."""
+    """Per input (`identity`), its latest record; an input whose mask output a later record of another input
+    wrote (--overwrite, or a rename) is dropped, since its outputs are gone."""
     latest: dict[str, dict] = {}
-    owner: dict[str, str] = {}  # mask output -> image
+    owner: dict[str, str] = {}  # mask output -> identity
     for entry in records:
-        image = entry["image"]
+        image = identity(entry)
         latest.pop(image, None)
         latest[image] = entry  # re-inserted: dicts keep the order of the latest records
         mask = mask_output(entry) if entry["status"] in ("ok", "skipped") else None
@@ -117,9 +126,10 @@ def append_records(out_dir: Path, results: Sequence[ImageResult]) -> None:
                          [json.dumps(finite_json(r.record()), allow_nan=False) for r in results])
 
 
-def rebuild_results_json(out_dir: Path, run_info: dict) -> dict:
+def rebuild_results_json(out_dir: Path, run_info: dict, not_analysed: Sequence[dict] = ()) -> dict:
     """Rewrite results.json from every record (see the module docstring), atomically and under the lock; the
-    records of a legacy results.json are first copied into results.jsonl. Returns the document."""
+    records of a legacy results.json are first copied into results.jsonl. `not_analysed`: the files of this run
+    that were deliberately not analysed ({"image", "reason"}). Returns the document."""
     with locked(out_dir / LOCK_NAME):
         records = read_records(out_dir)
         if records and not (out_dir / RESULTS_JSONL).exists():
@@ -130,6 +140,7 @@ def rebuild_results_json(out_dir: Path, run_info: dict) -> dict:
             "run": run_info,
             "images": images,
             "failures": [{"image": e["image"], "error": e.get("error")} for e in images if e["status"] == "failed"],
+            "not_analysed": list(not_analysed),
         }
         data = (json.dumps(finite_json(document), indent=2, allow_nan=False) + "\n").encode()
         atomic_write_bytes(out_dir / RESULTS_JSON, data)

@@ -13,6 +13,7 @@ after every batch (the CLI sets it on Ctrl-C). Under torchrun each rank takes ev
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections import deque
@@ -23,17 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffiml_cli.batch.outputs import OUTPUT_KINDS, input_root, output_paths, scores_from_outputs, write_outputs
-from diffiml_cli.batch.records import (ImageResult, append_records, latest_by_image, mask_output, read_records,
+from diffiml_cli.batch.outputs import write_outputs
+from diffiml_cli.batch.plan import KEPT, plan
+from diffiml_cli.batch.records import (LOCK_NAME, RESULTS_JSON, RESULTS_JSONL, ImageResult, append_records,
                                        rebuild_results_json)
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.files import NAME_MAX, is_out_of_space, remove_stale_temporaries
-from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb
+from diffiml_cli.files import is_out_of_space, remove_stale_temporaries, require_inside
+from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, load_rgb_hashed
 from diffiml_cli.pipeline import LocalizationPipeline, LocalizationResult
-
-
-_KEPT = "kept"  # marks, while planning, a skip whose earlier record stands
 
 
 @dataclass(frozen=True)
@@ -58,19 +57,25 @@ class RunSummary:
     left: int = 0
     run_id: str = ""
     attempted: int = 0  # inputs of the to-do list that ended ok or failed
+    not_analysed: list[dict] = field(default_factory=list)  # diffiml's own outputs among the inputs: {image, reason}
 
     def count(self, status: str) -> int:
         return sum(result.status == status for result in self.results)
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Create the output folder (and its parents); a DiffimlError when it cannot be one."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DiffimlError(f"{out_dir}: the output folder exists and is not a folder")
+    """Create the output folder (and its parents); a DiffimlError when it cannot be one, or when a file the run
+    writes there (results.jsonl, results.json, the lock) is a symbolic link, which could lead outside it."""
     try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DiffimlError(f"{out_dir}: the output folder exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DiffimlError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from None
+    for name in (RESULTS_JSONL, RESULTS_JSON, LOCK_NAME):
+        if (out_dir / name).is_symlink():
+            raise DiffimlError(f"{out_dir / name}: is a symbolic link; refusing to write through it (it could lead "
+                               "outside the output folder)")
 
 
 @dataclass
@@ -78,17 +83,22 @@ class _Loaded:
     path: Path
     paths: dict[str, Path]
     image: np.ndarray
+    sha256: str
     load_seconds: float
+    out_dir: Path
 
 
-def _load(path: Path, paths: dict[str, Path], max_pixels: int) -> _Loaded:
+def _load(path: Path, paths: dict[str, Path], max_pixels: int, out_dir: Path) -> _Loaded:
     start = time.perf_counter()
-    return _Loaded(path, paths, load_rgb(path, max_pixels=max_pixels), time.perf_counter() - start)
+    image, digest = load_rgb_hashed(path, max_pixels=max_pixels)
+    return _Loaded(path, paths, image, digest, time.perf_counter() - start, out_dir)
 
 
 def _write(item: _Loaded, result: LocalizationResult) -> None:
-    item.paths["mask"].parent.mkdir(parents=True, exist_ok=True)  # sub-folders mirror the input's
-    write_outputs(item.image, result, item.paths)
+    folder = item.paths["mask"].parent
+    require_inside(item.out_dir, item.paths["mask"])  # checked when planned; a link may have been put there since
+    folder.mkdir(parents=True, exist_ok=True)  # sub-folders mirror the input's
+    write_outputs(item.image, result, item.paths, item.sha256)
 
 
 def localize_files(
@@ -108,11 +118,13 @@ def localize_files(
     out_dir = options.out_dir
     prepare_out_dir(out_dir)
     summary = RunSummary(run_id=context.broadcast(uuid.uuid4().hex))
-    decided, todo = _plan(images, out_dir, overwrite=options.overwrite)
-    decided = [result for result in decided if context.is_main]  # skips and refusals: recorded once
+    planned = plan(images, out_dir, overwrite=options.overwrite)
+    summary.not_analysed = planned.not_analysed
+    decided = [result for result in planned.decided if context.is_main]  # skips and refusals: recorded once
+    todo = planned.todo
     todo = context.shard(todo)
     # A skip whose earlier record survives keeps that record (and its run's numbers); the others are recorded.
-    fresh = [result for result in decided if not (result.status == "skipped" and result.note == _KEPT)]
+    fresh = [result for result in decided if not (result.status == "skipped" and result.note == KEPT)]
     for result in fresh:
         result.run_id = summary.run_id
     _record(out_dir, fresh, summary, on_result)
@@ -134,7 +146,7 @@ def localize_files(
     context.barrier()  # every rank's records are in before rank 0 rebuilds results.json
     if context.is_main:
         try:
-            rebuild_results_json(out_dir, {**pipeline.run_info(), **(run_info or {})})
+            rebuild_results_json(out_dir, {**pipeline.run_info(), **(run_info or {})}, summary.not_analysed)
         except (OSError, DiffimlError) as error:
             summary.stopped = summary.stopped or _disk_reason(out_dir, error)
     return summary
@@ -151,9 +163,11 @@ def _stream(todo, pipeline: LocalizationPipeline, options: LocalizeOptions, summ
             summary.attempted += len(failures)
             _record(options.out_dir, failures, summary, on_result)
             if batch:
-                start = time.perf_counter()
-                predictions = pipeline.predict_many([item.image for item in batch])
-                seconds = (time.perf_counter() - start) / len(batch)
+                batch, predictions, seconds, failed = _predict(pipeline, batch)
+                for failure in failed:
+                    failure.run_id = summary.run_id
+                summary.attempted += len(failed)
+                _record(options.out_dir, failed, summary, on_result)
                 results = [_result_for(item, prediction, seconds, summary.run_id)
                            for item, prediction in zip(batch, predictions)]
                 pending.append((results, [writer.submit(_write, item, p) for item, p in zip(batch, predictions)]))
@@ -166,6 +180,38 @@ def _stream(todo, pipeline: LocalizationPipeline, options: LocalizeOptions, summ
             _finish(pending.popleft(), options.out_dir, summary, on_result)
 
 
+def _predict(pipeline: LocalizationPipeline, batch: list[_Loaded]
+             ) -> tuple[list[_Loaded], list[LocalizationResult], float, list[ImageResult]]:
+    """Predict a batch: (the items that succeeded, their predictions, seconds per image, failures). When the
+    batch raises, each image is tried alone, so an exception (anything but a stop: KeyboardInterrupt and
+    SystemExit propagate) fails only the image that raised it, with its reason, and the run goes on."""
+    start = time.perf_counter()
+    try:
+        predictions = pipeline.predict_many([item.image for item in batch])
+        return batch, predictions, (time.perf_counter() - start) / len(batch), []
+    except Exception:  # noqa: BLE001 - isolated below, image by image
+        if len(batch) == 1:
+            return [], [], 0.0, [_prediction_failure(batch[0], pipeline)]
+    kept, predictions, failed = [], [], []
+    start = time.perf_counter()
+    for item in batch:
+        try:
+            predictions.extend(pipeline.predict_many([item.image]))
+            kept.append(item)
+        except Exception:  # noqa: BLE001 - this image's failure, with its reason
+            failed.append(_prediction_failure(item, pipeline))
+    return kept, predictions, (time.perf_counter() - start) / max(len(batch), 1), failed
+
+
+def _prediction_failure(item: _Loaded, pipeline: LocalizationPipeline) -> ImageResult:
+    """The failure record of an image whose prediction raised (the exception being handled)."""
+    error = sys.exc_info()[1]
+    reason = str(error) if isinstance(error, DiffimlError) else f"{type(error).__name__}: {error}"
+    reason = " ".join(reason.split()) or type(error).__name__
+    return ImageResult(str(item.path), "failed", error=f"{item.path}: cannot be localized ({reason})",
+                       path=os.path.realpath(item.path), sha256=item.sha256)
+
+
 def _batches(todo, options: LocalizeOptions, loader: ThreadPoolExecutor
              ) -> Iterator[tuple[list[_Loaded], list[ImageResult]]]:
     """Yield (decoded batch, the files of it that could not be read), at most 2 * batch_size + 1 decodes ahead."""
@@ -176,14 +222,15 @@ def _batches(todo, options: LocalizeOptions, loader: ThreadPoolExecutor
     failures: list[ImageResult] = []
     while True:
         while len(queue) < ahead and (item := next(items, None)) is not None:
-            queue.append((item[0], loader.submit(_load, item[0], item[1], options.max_pixels)))
+            queue.append((item[0], loader.submit(_load, item[0], item[1], options.max_pixels, options.out_dir)))
         if not queue:
             break
         path, future = queue.popleft()
         try:
             batch.append(future.result())
-        except DiffimlError as error:
-            failures.append(ImageResult(str(path), "failed", error=str(error)))
+        except Exception as error:  # noqa: BLE001 - a DiffimlError names the file; anything else is its failure too
+            message = str(error) if isinstance(error, DiffimlError) else f"{path}: cannot read image ({error!r})"
+            failures.append(ImageResult(str(path), "failed", error=message, path=os.path.realpath(path)))
         if len(batch) == options.batch_size or len(failures) >= options.batch_size:
             yield batch, failures
             batch, failures = [], []
@@ -194,7 +241,8 @@ def _batches(todo, options: LocalizeOptions, loader: ThreadPoolExecutor
 def _result_for(item: _Loaded, prediction: LocalizationResult, seconds: float, run_id: str) -> ImageResult:
     height, width = item.image.shape[:2]
     return ImageResult(
-        image=str(item.path), status="ok", image_score=round(prediction.image_score, 6),
+        image=str(item.path), status="ok", path=os.path.realpath(item.path), sha256=item.sha256,
+        image_score=round(prediction.image_score, 6),
         # unrounded: the verdict compares it with the calibrated threshold, which can lie within 1e-6 of it
         detection_score=prediction.detection_score,
         verdict=prediction.verdict, gated=prediction.gated, manipulated_fraction=prediction.manipulated_fraction,
@@ -238,64 +286,3 @@ def _disk_reason(out_dir: Path, error: BaseException) -> str:
     cause = error.__cause__ if isinstance(error, DiffimlError) and error.__cause__ else error
     reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
     return f"{out_dir}: {reason.lower()}; nothing more can be written there"
-
-
-def _plan(images: Sequence[Path], out_dir: Path, *, overwrite: bool) -> tuple[list[ImageResult], list]:
-    """Decide per image: write it (the returned to-do list), skip it (its outputs exist: it keeps its earlier
-    record, or one recomputed from its PNGs), or fail it (its outputs would replace an input, another input's
-    outputs, or an earlier run's outputs of another image: each name is `<stem>_<kind>.png`)."""
-    root = input_root(images)
-    inputs = {p.resolve() for p in images}
-    earlier = latest_by_image(read_records(out_dir))
-    owners_before = {mask_output(entry): os.path.realpath(image) for image, entry in earlier.items()
-                     if mask_output(entry) and entry.get("status") in ("ok", "skipped")}
-    decided: list[ImageResult] = []
-    todo: list[tuple[Path, dict[str, Path]]] = []
-    owners: dict[Path, Path] = {}  # output -> the first input of this run that writes it
-    for path in images:
-        paths = output_paths(path, root, out_dir)
-        clobbers = [str(p) for p in paths.values() if p.resolve() in inputs]
-        owner = next((owners[p] for p in paths.values() if p in owners), None)
-        for output in paths.values():
-            owners.setdefault(output, path)
-        earlier_owner = owners_before.get(os.path.realpath(paths["mask"]), os.path.realpath(path))
-        names = f"({paths['mask'].name}, ...)"
-        if any(len(os.fsencode(p.name)) > NAME_MAX for p in paths.values()):
-            failure = (f"its output names ({paths['uncertainty'].name}) would be longer than the {NAME_MAX} bytes a "
-                       "file name may have; rename the input")
-        elif clobbers:
-            failure = f"refusing to overwrite input {clobbers[0]}"
-        elif owner is not None:
-            failure = f"its outputs {names} would overwrite those of {owner}; rename one of them or localize it with another `out_dir`"
-        elif overwrite or not all(_exists(p) for p in paths.values()):
-            todo.append((path, paths))
-            continue
-        elif earlier_owner != os.path.realpath(path):
-            failure = (f"{paths['mask'].parent} already holds the outputs {names} of another image, {earlier_owner}; "
-                       "use another `out_dir`, or `overwrite` to replace them")
-        else:
-            decided.append(_skipped(path, paths, earlier.get(str(path))))
-            continue
-        decided.append(ImageResult(str(path), "failed", error=f"{path}: {failure}"))
-    return decided, todo
-
-
-def _exists(path: Path) -> bool:
-    """Path.exists(), False for any name the filesystem refuses (too long, a permission error on the way)."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _skipped(path: Path, paths: dict[str, Path], earlier: dict | None) -> ImageResult:
-    """A skipped image's record: its earlier record's numbers, or, with none, numbers read from its PNGs."""
-    outputs = {kind: str(paths[kind]) for kind in OUTPUT_KINDS}
-    if earlier is not None and earlier.get("status") in ("ok", "skipped"):
-        keep = {k: earlier.get(k) for k in ("image_score", "detection_score", "verdict", "gated",
-                                             "manipulated_fraction", "width", "height", "tiles", "note")}
-        keep["gated"], keep["note"] = bool(keep["gated"]), _KEPT
-        return ImageResult(str(path), "skipped", outputs=outputs, **keep)
-    recovered = scores_from_outputs(paths) or {}
-    return ImageResult(str(path), "skipped", outputs=outputs, note=f"no record of the run that wrote them: scores "
-                       f"read from {paths['prob'].name}; no detection score", **recovered)

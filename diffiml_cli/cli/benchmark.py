@@ -104,7 +104,9 @@ def benchmark(
         result["noiseprint"] = noiseprint_rows(noiseprint, result, torch_device, warmup=warmup, iters=iters,
                                               quiet=json_output)
     if json_output:
-        print(json.dumps(result, indent=2))
+        from diffiml_cli.jsonsafe import finite_json
+
+        print(json.dumps(finite_json(result), indent=2, allow_nan=False))
     else:
         _render(result, Console())
         if noiseprint:

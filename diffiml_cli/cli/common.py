@@ -261,26 +261,34 @@ def warn_if_emulated(precision: str, device: Any) -> None:
                      "bf16 is emulated and slower than fp32 here; --precision auto picks fp32 on it")
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C; job schedulers and containers; a closed terminal
+
+
 @contextlib.contextmanager
-def stop_on_interrupt() -> Iterator[list[bool]]:
-    """Within the block, a first Ctrl-C (SIGINT) only sets the flag it yields ([True]), so the run can stop
-    after the batch in flight; a second one interrupts at once."""
-    flag = [False]
-    previous = signal.getsignal(signal.SIGINT)
+def stop_on_interrupt() -> Iterator[list[int]]:
+    """Within the block, a first stop signal (SIGINT, SIGTERM or SIGHUP) only records its number in the list it
+    yields ([0] until then), so the run can stop after the batch in flight and keep everything finished; a
+    second one interrupts at once (KeyboardInterrupt)."""
+    flag = [0]
+    signals = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    previous = {number: signal.getsignal(number) for number in signals}
 
     def handler(signum, frame) -> None:
         if flag[0]:
-            signal.signal(signal.SIGINT, previous)
+            for number, action in previous.items():
+                signal.signal(number, action)
             raise KeyboardInterrupt
-        flag[0] = True
+        flag[0] = signum
 
     try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (a test runner): Ctrl-C keeps its default behaviour
+        for number in signals:
+            signal.signal(number, handler)
+    except ValueError:  # not the main thread (a test runner): the signals keep their default behaviour
         yield flag
         return
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, action in previous.items():
+            signal.signal(number, action)
 

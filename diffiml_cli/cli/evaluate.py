@@ -99,6 +99,7 @@ def _finish(report, out: Path, json_output: bool, threshold: float, run_info: di
         typer.echo(json.dumps(report_document(report, threshold=threshold, run_info=run_info), indent=2, allow_nan=False))
     else:
         print_metrics(report, threshold)
+    _print_mask_forms(report)
     stderr.print(f"wrote {markup_safe(', '.join(str(p) for p in written.values()))}", soft_wrap=True)
     _exit_on_bad_pairs({name: [entry.reason for entry in bad] for name, bad in report.bad_pairs.items()})
 
@@ -114,6 +115,19 @@ def _finish_sweep(document: dict, out: Path, json_output: bool, grid: SweepGrid)
         print_sweep(document, [name for name in document["cells"][0]["datasets"]], grid.seeds)
     stderr.print(f"wrote {markup_safe(', '.join(str(p) for p in written.values()))}", soft_wrap=True)
     _exit_on_bad_pairs(document["bad_pairs"])
+
+
+def _print_mask_forms(report) -> None:
+    """One line per dataset: how many masks were read in which form; a tampered entry whose mask is empty is
+    scored as authentic, so it is named."""
+    for name, dataset in report.datasets.items():
+        forms = dataset.mask_forms
+        if forms:
+            counts = ", ".join(f"{count} {form}" for form, count in sorted(forms.items()))
+            stderr.print(f"masks of {markup_safe(name)}: {counts} (rule: `diffiml evaluate --help`)", soft_wrap=True)
+        if forms.get("empty"):
+            stderr.print(f"[yellow]warning:[/yellow] {forms['empty']} mask(s) of {markup_safe(name)} mark nothing: "
+                         "those images are scored as authentic", soft_wrap=True)
 
 
 def _exit_on_bad_pairs(bad_pairs: dict[str, list[str]]) -> None:

@@ -64,7 +64,7 @@ def localize(
                 progress.update(task, advance=1, last=visible(Path(result.image).name))
 
             summary = localize_files(images, pipeline, options, on_result=on_result, context=context,
-                                     should_stop=lambda: interrupted[0])
+                                     should_stop=lambda: bool(interrupted[0]))
     finally:
         context.close()
     if noiseprint and context.is_main and summary.stopped is None and not summary.interrupted:
@@ -75,7 +75,7 @@ def localize(
         from diffiml_cli.cli.report import write_report
 
         stderr.print(f"report -> {markup_safe(write_report(out))}", soft_wrap=True)
-    _report(summary, out, time.perf_counter() - start, main=context.is_main)
+    _report(summary, out, time.perf_counter() - start, main=context.is_main, stop_signal=interrupted[0])
 
 
 class ResultLines:
@@ -122,14 +122,17 @@ def verdict_counts(results: list[ImageResult]) -> str:
     return "verdicts: " + (", ".join(f"{verdicts.count(v)} {v}" for v in named if v in verdicts) or "none")
 
 
-def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> None:
-    """The closing lines: counts, failures one per line, then the exit code (130 interrupted, 1 failures)."""
+def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool, stop_signal: int = 0) -> None:
+    """The closing lines: counts, failures one per line, then the exit code (128 + the signal's number when a
+    stop signal ended the run: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; 1 failures)."""
     from diffiml_cli.batch import RESULTS_JSON
 
     counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
     if main:
+        left_out = f", {len(summary.not_analysed)} not analysed (see results.json)" if summary.not_analysed else ""
         stderr.print(f"{counts['ok']} localized, {counts['skipped']} skipped (outputs exist; --overwrite redoes them), "
-                     f"{counts['failed']} failed in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}", soft_wrap=True)
+                     f"{counts['failed']} failed{left_out} in {elapsed:.1f}s -> {markup_safe(out / RESULTS_JSON)}",
+                     soft_wrap=True)
         stderr.print(verdict_counts(summary.results), highlight=False)
     failures = [r for r in summary.results if r.status == "failed"]
     if failures:
@@ -143,6 +146,6 @@ def _report(summary: RunSummary, out: Path, elapsed: float, *, main: bool) -> No
     if summary.interrupted:
         stderr.print(f"interrupted: {counts['ok'] + counts['failed']} done, {summary.left} left; run the same "
                      "command again to finish", soft_wrap=True, markup=False)
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=128 + (stop_signal or 2))
     if failures:
         raise typer.Exit(code=1)

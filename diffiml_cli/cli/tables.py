@@ -104,6 +104,10 @@ def evaluate_help() -> str:
         "the detection score), false alarms on authentic images, an ORACLE best-threshold F1 and the trivial "
         "all-manipulated F1 for reference, and (with --robustness) F1 at each of the paper's perturbation levels. "
         "Exit code 1 when any pair had to be skipped.\n\n"
+        "Masks, whatever their form: a pixel's value is its brightest channel (red or any colour on black counts); a "
+        "mask whose brightest value is 128 or more marks pixels above 127 (0/255, colour), one whose brightest value "
+        "lies in 1..127 is a label map marking every non-zero pixel (0/1), and an all-zero mask marks nothing (its "
+        "image is scored as authentic, with a warning). The output says how many masks were read in each form.\n\n"
         f"Metrics (with --threshold T, read T for 0.5):\n\n{definitions}\n\naverage: {AVERAGE_DEFINITION}\n\n"
         f"Robustness protocol (applied at the original resolution, before the model):\n\n{protocol}"
     )

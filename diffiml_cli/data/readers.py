@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from diffiml_cli.data.augment import AugmentConfig, augment, crop_at_native_resolution
 from diffiml_cli.data.edges import mask_edges
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.image_io import IMAGE_EXTENSIONS, load_mask, load_rgb
+from diffiml_cli.image_io import IMAGE_EXTENSIONS, load_mask_with_form, load_rgb
 from diffiml_cli.image_ops import resize_image, resize_mask
 from diffiml_cli.image_io import image_size as read_image_size
 
@@ -52,6 +52,8 @@ def _load_json_spec(path: Path) -> list[Pair]:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DiffimlError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise DiffimlError(f"{path}: JSON nested too deeply to be a dataset list") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DiffimlError(f"{path}: cannot read ({error})") from None
     expected = 'expected an IMDL-BenCo list [[image, mask], [image, "Negative"], ...]'
@@ -180,15 +182,22 @@ def validate_pairs(pairs: Sequence[Pair]) -> None:
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """Read a pair at its original resolution: image (H, W, 3) uint8 RGB, mask (H, W) bool (all False
-    for an authentic pair). A mask of another size than its image is a DiffimlError naming both."""
+    for an authentic pair; read by `image_io.load_mask_with_form`'s rule, whatever the mask's form). A mask
+    of another size than its image is a DiffimlError naming both."""
+    image, mask, _ = load_pair_with_form(pair)
+    return image, mask
+
+
+def load_pair_with_form(pair: Pair) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """`load_pair`, and the mask's form (one of image_io.MASK_FORMS; None for an authentic pair)."""
     image = load_rgb(pair.image)
     if pair.mask is None:
-        return image, np.zeros(image.shape[:2], bool)
-    mask = load_mask(pair.mask)
+        return image, np.zeros(image.shape[:2], bool), None
+    mask, form = load_mask_with_form(pair.mask)
     if mask.shape != image.shape[:2]:
         raise DiffimlError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                            f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
-    return image, mask
+    return image, mask, form
 
 
 def training_sample(image: np.ndarray, mask: np.ndarray, index: int, *, image_size: int,

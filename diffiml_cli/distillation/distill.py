@@ -55,6 +55,7 @@ from diffiml_cli.distillation.targets import (
 from diffiml_cli.models.mask_vae import MaskVAE
 from diffiml_cli.distillation.settings import DistillSettings
 from diffiml_cli.distillation.teacher import load_teacher, teacher_latent, teacher_scale_factor
+from diffiml_cli.jsonsafe import finite_json
 
 DISTILL_STATE_NAME = "training_state.pt"
 REPORT_NAME = "report.json"
@@ -247,6 +248,7 @@ def distill_vae(settings: DistillSettings, out_dir: str | Path, *, resume: bool 
                      "last_l1": None if math.isnan(last_l1) else last_l1,
                      "last_latent_mse": None if math.isnan(last_latent_mse) else last_latent_mse},
     }
-    atomic_write_bytes(out_dir / REPORT_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+    text = json.dumps(finite_json(summary), indent=2, allow_nan=False)
+    atomic_write_bytes(out_dir / REPORT_NAME, (text + "\n").encode())
     return DistillResult(out_dir=out_dir, report=report, steps=settings.steps, resumed_from=resumed_from,
                          seconds=time.perf_counter() - start_time)

@@ -62,6 +62,7 @@ def report_document(report: EvaluationReport, *, threshold: float, run_info: Map
         "datasets": {
             name: {
                 "metrics": r.metrics,
+                "mask_forms": r.mask_forms,  # how many masks were read in each form (image_io.load_mask_with_form)
                 "n_bad_pairs": len(r.bad_pairs),
                 "bad_pairs": [asdict(b) for b in r.bad_pairs],
             }

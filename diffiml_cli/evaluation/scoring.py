@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from diffiml_cli.batch.outputs import output_paths
-from diffiml_cli.data.readers import Pair, load_pair
+from diffiml_cli.data.readers import Pair, load_pair_with_form
 from diffiml_cli.distributed import DistributedContext
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.evaluation.definitions import COUNT_KEYS, METRIC_KEYS, NOT_AVERAGED
 from diffiml_cli.evaluation.robustness import Perturbation, perturbations
+from diffiml_cli.files import require_inside
 from diffiml_cli.image_io import save_png_atomic
 from diffiml_cli.inference import SamplingOptions
 from diffiml_cli.pipeline import LocalizationPipeline
@@ -57,6 +58,15 @@ class DatasetReport:
     metrics: dict[str, float]
     per_image: list[dict] = field(default_factory=list)
     bad_pairs: list[BadPair] = field(default_factory=list)
+
+    @property
+    def mask_forms(self) -> dict[str, int]:
+        """How many masks were read in each form (image_io.MASK_FORMS), over the pairs that have one."""
+        forms: dict[str, int] = {}
+        for record in self.per_image:
+            if record.get("mask_form") is not None:
+                forms[record["mask_form"]] = forms.get(record["mask_form"], 0) + 1
+        return forms
 
 
 @dataclass
@@ -103,11 +113,12 @@ def parse_dataset_arg(text: str) -> tuple[str, str]:
     return name, spec
 
 
-def _load(index: int, pair: Pair, perturbation: Perturbation | None) -> tuple[int, Pair, np.ndarray, np.ndarray]:
-    image, mask = load_pair(pair)
+def _load(index: int, pair: Pair, perturbation: Perturbation | None
+          ) -> tuple[int, Pair, np.ndarray, tuple[np.ndarray, str | None]]:
+    image, mask, form = load_pair_with_form(pair)
     if perturbation is not None:
         image = perturbation(image, index)
-    return index, pair, image, mask
+    return index, pair, image, (mask, form)
 
 
 def _loaded_batches(pairs: Sequence[tuple[int, Pair]], perturbation: Perturbation | None, batch_size: int,
@@ -127,13 +138,34 @@ def _loaded_batches(pairs: Sequence[tuple[int, Pair]], perturbation: Perturbatio
             index, pair, future = queue.popleft()
             try:
                 batch.append(future.result())
-            except DiffimlError as error:
-                reject(index, pair, str(error))
+            except Exception as error:  # noqa: BLE001 - a DiffimlError names the file; anything else is its failure
+                reject(index, pair, str(error) if isinstance(error, DiffimlError) else
+                       f"{pair.image}: cannot read the pair ({type(error).__name__}: {error})")
             if len(batch) == batch_size:
                 yield batch
                 batch = []
     if batch:
         yield batch
+
+
+def _predict(pipeline: LocalizationPipeline, batch: list, sampling: SamplingOptions | None,
+             reject: Callable[[int, Pair, str], None]) -> tuple[list, list]:
+    """Predict a batch of (index, pair, image, mask): (the items that succeeded, their results). When the batch
+    raises, each image is tried alone, and one that raises again is a skipped pair with its reason (a stop,
+    KeyboardInterrupt or SystemExit, propagates)."""
+    try:
+        return batch, pipeline.predict_many([image for _, _, image, _ in batch], sampling)
+    except Exception:  # noqa: BLE001 - isolated below, image by image
+        pass
+    kept, results = [], []
+    for item in batch:
+        try:
+            results.extend(pipeline.predict_many([item[2]], sampling))
+            kept.append(item)
+        except Exception as error:  # noqa: BLE001 - this pair's failure, with its reason
+            reason = str(error) if isinstance(error, DiffimlError) else f"{type(error).__name__}: {error}"
+            reject(item[0], item[1], f"{item[1].image}: cannot be localized ({' '.join(reason.split())})")
+    return kept, results
 
 
 def _common_root(pairs: Sequence[Pair]) -> Path:
@@ -177,17 +209,19 @@ def evaluate_dataset(
     shard = context.shard(list(enumerate(pairs)))
     for batch in _loaded_batches(shard, perturbation, pipeline.batch_size, reject):
         start = time.perf_counter()
-        results = pipeline.predict_many([image for _, _, image, _ in batch], sampling)
+        batch, results = _predict(pipeline, batch, sampling, reject)
         predict_seconds += time.perf_counter() - start
-        for (index, pair, _, mask), result in zip(batch, results):
+        for (index, pair, _, (mask, form)), result in zip(batch, results):
             one = MetricAccumulator()
             one.add(torch.from_numpy(result.probability), torch.from_numpy(mask), result.image_score,
                     threshold=pipeline.threshold, detection_score=result.detection_score,
                     predicted=torch.from_numpy(result.mask))
-            names = {"image": str(pair.image), "mask": None if pair.mask is None else str(pair.mask)}
+            names = {"image": str(pair.image), "mask": None if pair.mask is None else str(pair.mask),
+                     "mask_form": form}
             local.append((index, names, one.entries()[0], None))
             if save_predictions_dir is not None:
                 path = output_paths(pair.image, root, save_predictions_dir)["prob"]
+                require_inside(save_predictions_dir, path)  # a planted link never leads a map outside --out
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_png_atomic(path, np.round(result.probability * 255).astype(np.uint8))
             on_progress(pair, None)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from diffiml_cli.version import __version__
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.files import atomic_write, locked
+from diffiml_cli.files import atomic_write, locked, require_inside
 from diffiml_cli.jsonsafe import finite_json
 from diffiml_cli.report.cache import StatCache
 from diffiml_cli.report.rows import RowSources, build_row, finite_number, input_root, printable
@@ -65,6 +65,8 @@ def read_results(out_dir: Path) -> dict:
         raise DiffimlError(f"{path}: corrupt results file (not UTF-8 text)") from None
     except ValueError as error:
         raise DiffimlError(f"{path}: corrupt results file (not JSON: {error})") from None
+    except RecursionError:
+        raise DiffimlError(f"{path}: corrupt results file (JSON nested too deeply)") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise DiffimlError(f"{path}: not a `localize` results file (no \"images\" list)")
     return document
@@ -194,6 +196,7 @@ def build_report(out_dir: str | Path, *, title: str | None = None, workers: int 
     document = read_results(out_dir)
     entries = [entry for entry in document["images"] if _valid(entry)]
     run = document.get("run") if isinstance(document.get("run"), dict) else {}
+    require_inside(out_dir, out_dir / LOCK_NAME)
     with locked(out_dir / LOCK_NAME):
         thumbs = ThumbnailStore(out_dir)
         metadata = StatCache(thumbs.folder / METADATA_CACHE)
@@ -218,5 +221,6 @@ def build_report(out_dir: str | Path, *, title: str | None = None, workers: int 
             "data": _page_data(rows),
         }
         path = out_dir / REPORT_HTML
+        require_inside(out_dir, path)
         render(context, path)
     return path

@@ -9,14 +9,14 @@ the rest is absent: one bad file never stops a report.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-HASH_CHUNK = 1 << 20  # bytes read per hashing step: bounded memory whatever the file size
+from diffiml_cli import files
+
 EXIF_TEXT_LIMIT = 200  # characters kept of an EXIF text field; the rest of a hostile 64 KB string is noise
 
 # EXIF tags shown in the report (TIFF 6.0 / Exif 2.32 numbers); DateTimeOriginal lives in the Exif sub-IFD.
@@ -70,12 +70,9 @@ class FileMetadata:
 
 
 def sha256_of(path: Path) -> str:
-    """SHA-256 of the file's bytes, read in `HASH_CHUNK` pieces (bounded memory). Raises OSError."""
-    digest = hashlib.sha256()
+    """SHA-256 of the file's bytes, read in pieces (bounded memory), as `localize` records it. Raises OSError."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return files.sha256_of(handle)
 
 
 def ijg_table(base: tuple[int, ...], quality: int) -> list[int]:

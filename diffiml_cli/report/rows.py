@@ -250,11 +250,16 @@ def build_row(entry: dict, sources: RowSources) -> dict:
     "search": str}; `key` is [score | None, verdict rank, fraction | None, name, size | None] for sorting.
     """
     image = entry["image"]
-    input_path = Path(image)  # a relative input path is read from the current folder, as localize took it
+    real = entry.get("path")  # the input's real path, whatever folder localize ran from; an older record's is
+    input_path = Path(real if isinstance(real, str) and "\0" not in real else image)  # relative to this folder
     metadata = cached_metadata(input_path, sources.metadata) if "\0" not in image else FileMetadata(notes=[NUL_NOTE])
     badge, badge_text = _badge(entry)
     thumbs, full, notes = _files(entry, input_path, metadata, sources)
     notes = [printable(note) for note in metadata.notes] + notes
+    recorded = entry.get("sha256")
+    if isinstance(recorded, str) and metadata.sha256 and recorded != metadata.sha256:
+        notes.append(f"the file's bytes changed since it was localized (SHA-256 then {printable(recorded[:16])}…, "
+                     f"now {metadata.sha256[:16]}…): these results are of the earlier file")
     if isinstance(entry.get("note"), str):
         notes.append(printable(entry["note"]))
     detection, image_score = finite_number(entry.get("detection_score")), finite_number(entry.get("image_score"))

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from diffiml_cli.errors import DiffimlError
-from diffiml_cli.files import atomic_write_bytes
+from diffiml_cli.files import atomic_write_bytes, require_inside
 from diffiml_cli.image_io import DEFAULT_MAX_PIXELS, pil_to_rgb
 from diffiml_cli.report.cache import StatCache, signature
 
@@ -86,9 +86,11 @@ class ThumbnailStore:
     """The `thumbs/` folder of one output folder and its index of what each thumbnail was made from."""
 
     def __init__(self, out_dir: Path, *, side: int = THUMB_SIDE) -> None:
-        """Create `out_dir/thumbs/` when needed. Raises DiffimlError when it cannot be created."""
+        """Create `out_dir/thumbs/` when needed. Raises DiffimlError when it cannot be created, or when it (or
+        its index) is a symbolic link or leads outside `out_dir`."""
         self.folder = Path(out_dir) / THUMBS_DIR
         self.side = side
+        require_inside(Path(out_dir), self.folder / INDEX_NAME)  # a planted link: its files are not ours to touch
         try:
             self.folder.mkdir(exist_ok=True)
         except OSError as error:
