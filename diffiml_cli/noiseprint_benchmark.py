@@ -28,7 +28,7 @@ from diffiml_cli.timing import summarize, time_call_ms
 
 
 def benchmark_noiseprint(sources: Sequence[str], *, image_size: int = 512, device: torch.device | None = None,
-                         warmup: int = 1, iters: int = 5, allow_pickle: bool = True,
+                         warmup: int = 1, iters: int = 5, allow_pickle: bool = False,
                          on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rows for each noiseprint source (a checkpoint folder, a safetensors copy, or noiseprint++.th, read with
     torch.load(weights_only=True) when `allow_pickle`), timed on `image_size`-square images; see the module doc."""

@@ -26,16 +26,17 @@ def noiseprint_png(mask_png: str | Path) -> Path | None:
 
 def write_noiseprint_views(items: Iterable[tuple[str, str]], source: str | Path, *, tile: int = 512,
                            overwrite: bool = False, max_pixels: int | None = None,
-                           on_done: Callable[[str, str | None], None] | None = None) -> int:
+                           on_done: Callable[[str, str | None], None] | None = None, allow_pickle: bool = False) -> int:
     """For each (image path, its `_mask.png` path), write `<stem>_noiseprint.png` (atomically) unless it exists
-    and not `overwrite`. `source`: a noiseprint checkpoint (models.noiseprint.load_noiseprint; a .th file is read
-    with torch.load(weights_only=True)). on_done(image, error or None) after each; returns the count written.
+    and not `overwrite`. `source`: a noiseprint checkpoint (models.noiseprint.load_noiseprint; a .th file only
+    with `allow_pickle`, read with torch.load(weights_only=True)). on_done(image, error or None) after each;
+    returns the count written.
     An image that fails (unreadable, too large) is reported through on_done and the rest go on."""
     from diffiml_cli.errors import DiffimlError
     from diffiml_cli.image_io import load_rgb, save_png_atomic
     from diffiml_cli.models.noiseprint import extract_map, load_noiseprint, stretch_to_gray
 
-    network, config = load_noiseprint(source, allow_pickle=True)
+    network, config = load_noiseprint(source, allow_pickle=allow_pickle)
     written = 0
     for image_path, mask_path in items:
         target = noiseprint_png(mask_path)

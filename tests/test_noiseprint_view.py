@@ -111,3 +111,19 @@ def test_noiseprint_without_weights_fails_before_any_image(tiny_checkpoint, imag
     result = runner.invoke(app, ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
                                  "--noiseprint", "--noiseprint-weights", str(bad)])
     assert result.exit_code == 1 and "bad.safetensors" in result.output and not list(out.glob("*.png"))
+
+
+def test_a_torch_file_extractor_needs_allow_pickle(tiny_checkpoint, image_folder, tmp_path, one_thread):
+    from diffiml_cli.models.noiseprint import NoiseprintConfig
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "noiseprint++.th"
+    torch.save({"network": build_noiseprint(NoiseprintConfig()).state_dict(), "global_step": 1}, teacher)
+    out = tmp_path / "out"
+    args = ["localize", str(image_folder), "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--steps", "1",
+            "--ensemble", "1", "--noiseprint", "--noiseprint-weights", str(teacher)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--allow-pickle" in result.output and not list(out.glob("*.png"))
+    result = runner.invoke(app, [*args, "--allow-pickle"])
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.output and (out / "a_noiseprint.png").is_file()

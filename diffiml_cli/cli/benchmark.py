@@ -102,7 +102,7 @@ def benchmark(
         from diffiml_cli.cli.noiseprint_options import noiseprint_rows, render_noiseprint
 
         result["noiseprint"] = noiseprint_rows(noiseprint, result, torch_device, warmup=warmup, iters=iters,
-                                              quiet=json_output)
+                                              quiet=json_output, allow_pickle=allow_pickle)
     if json_output:
         from diffiml_cli.jsonsafe import finite_json
 

@@ -47,7 +47,7 @@ def localize(
     if noiseprint:  # so is a missing or bad extractor
         from diffiml_cli.cli.noiseprint_options import noiseprint_source
 
-        noiseprint_weights = noiseprint_source(noiseprint_weights)
+        noiseprint_weights = noiseprint_source(noiseprint_weights, allow_pickle=run.allow_pickle)
     pipeline = open_run(run, compile=compile)
     context = init_distributed(pipeline.predictor.device)
     options = LocalizeOptions(out_dir=out, batch_size=run.batch_size, overwrite=overwrite, max_pixels=max_pixels)
@@ -70,7 +70,8 @@ def localize(
     if noiseprint and context.is_main and summary.stopped is None and not summary.interrupted:
         from diffiml_cli.cli.noiseprint_options import write_views
 
-        write_views(summary, noiseprint_weights, overwrite=overwrite, max_pixels=max_pixels)
+        write_views(summary, noiseprint_weights, overwrite=overwrite, max_pixels=max_pixels,
+                    allow_pickle=run.allow_pickle)
     if report and context.is_main and summary.stopped is None:
         from diffiml_cli.cli.report import write_report
 

@@ -16,12 +16,13 @@ LICENCE_NOTE = ("Noiseprint++ (TruFor, CVPR 2023) and LightNP, distilled from it
 
 
 def noiseprint_rows(sources: list[str], result: dict[str, Any], device, *, warmup: int, iters: int,
-                    quiet: bool) -> dict[str, Any]:
+                    quiet: bool, allow_pickle: bool = False) -> dict[str, Any]:
     """Time every source at the localizer rows' image size, on their device."""
     from diffiml_cli.noiseprint_benchmark import benchmark_noiseprint
 
     return benchmark_noiseprint(sources, image_size=result["model"]["image_size"], device=device, warmup=warmup,
-                                iters=iters, on_progress=None if quiet else lambda m: stderr.print(f"[dim]{m}[/dim]"))
+                                iters=iters, allow_pickle=allow_pickle,
+                                on_progress=None if quiet else lambda m: stderr.print(f"[dim]{m}[/dim]"))
 
 
 def render_noiseprint(rows: dict[str, Any], console: Console) -> None:
@@ -40,7 +41,7 @@ def render_noiseprint(rows: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def noiseprint_source(source: str | None) -> str:
+def noiseprint_source(source: str | None, *, allow_pickle: bool = False) -> str:
     """The extractor `localize --noiseprint` will use, checked by loading it once, before any image runs:
     `source`, or weights/lightnp when one is shipped; else one line saying what to pass."""
     from diffiml_cli.checkpoint import default_checkpoint_dir
@@ -54,11 +55,11 @@ def noiseprint_source(source: str | None) -> str:
             raise DiffimlError("--noiseprint needs --noiseprint-weights: no LightNP is shipped (docs/noiseprint.md); "
                                "convert TruFor's noiseprint++.th with `diffiml convert noiseprint++.th --noiseprint "
                                "--out DIR` and pass DIR") from None
-    load_noiseprint(source, allow_pickle=True)
+    load_noiseprint(source, allow_pickle=allow_pickle)
     return source
 
 
-def write_views(summary, source: str, *, overwrite: bool, max_pixels: int) -> None:
+def write_views(summary, source: str, *, overwrite: bool, max_pixels: int, allow_pickle: bool = False) -> None:
     """`<stem>_noiseprint.png` for every image `localize` wrote or kept, by `source` (see `noiseprint_source`)."""
     from diffiml_cli.noiseprint_view import write_noiseprint_views
 
@@ -68,6 +69,7 @@ def write_views(summary, source: str, *, overwrite: bool, max_pixels: int) -> No
         if error:
             stderr.print(f"[red]noiseprint failed[/red] {markup_safe(error)}", soft_wrap=True)
 
-    written = write_noiseprint_views(items, source, overwrite=overwrite, max_pixels=max_pixels, on_done=on_done)
+    written = write_noiseprint_views(items, source, overwrite=overwrite, max_pixels=max_pixels, on_done=on_done,
+                                     allow_pickle=allow_pickle)
     stderr.print(f"noiseprint views: {written} written (<stem>_noiseprint.png) by {markup_safe(source)}. "
                  f"{LICENCE_NOTE}.", soft_wrap=True)

@@ -129,7 +129,7 @@ def load_noiseprint(source: str | Path, *, allow_pickle: bool = False) -> tuple[
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         if not allow_pickle:
             raise DiffimlError(f"{path}: a torch file; convert it first (`diffiml convert {path} --noiseprint --out "
-                               "DIR`) or allow pickle (read with torch.load(weights_only=True))")
+                               "DIR` and pass DIR) or pass --allow-pickle (read with torch.load(weights_only=True))")
         return noiseprint_from_state(NoiseprintConfig(), read_teacher_file(path), path), NoiseprintConfig()
     from diffiml_cli.checkpoint import load_checkpoint
 
