@@ -12,7 +12,8 @@ the denoiser T * N * V times (one batch, counted per member), and the mask VAE d
 ensemble-mean latent, plus each member for the uncertainty map).
 A discriminative checkpoint runs the encoder and its segmentation head V times, and nothing else.
 The copy-move cue (`models/copy_move_cue.py`), when a checkpoint has it, runs OpenCV SIFT inside the
-encoder; that is not a torch operator, so its work is in the timings but not in the FLOPs.
+encoder; that is not a torch operator, so its work is in the timings but not in the FLOPs. A detector that reads
+camera traces (`models/camera_trace.py`) runs its Noiseprint front end once per image: counted in "detector".
 
 Result schema (`run_benchmark`, JSON-ready; GFLOPs/GMACs are per image, times in milliseconds):
 
@@ -130,7 +131,7 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
     outputs: dict[str, torch.Tensor] = {}
 
     def run_encoder() -> None:
-        outputs["condition"] = localizer.encoder(image)
+        outputs["condition"] = localizer.condition(image)
 
     localizer.eval()
     encoder = count_flops(run_encoder).flops
@@ -152,6 +153,8 @@ def count_pipeline_flops(localizer: AnyLocalizer, image_size: int, steps: int, e
     if localizer.detector is not None:  # once per image, on the merged views
         cells = torch.rand(1, cell_channels(localizer.detector.config), *condition.shape[-2:], device=device)
         detector = count_flops(lambda: localizer.detector.score(localizer.detector(condition, cells), cells)).flops
+        if localizer.detector.config.trace_features:  # its camera-trace front end runs once per image too
+            detector += count_flops(lambda: localizer.trace(image)).flops
     calls["detector"] = int(localizer.detector is not None)
     flops = {
         "encoder": encoder * calls["encoder"],

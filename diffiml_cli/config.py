@@ -74,6 +74,9 @@ class ConditionEncoderConfig:
     # Add the copy-move cue of `models/copy_move_cue.py` (SIFT matches of the image with itself) to the
     # condition. Checkpoints older than this field have none.
     copy_move_cue: bool = False
+    # Add a term computed from the model's Noiseprint map (`models/camera_trace.py` TraceBranch) to the condition;
+    # needs ModelConfig.noiseprint.
+    trace_branch: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,26 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class NoiseprintConfig:
+    """A DnCNN camera-trace extractor. Noiseprint++ is the default; LightNP is `student_config()`."""
+
+    name: str = "noiseprint++"  # "noiseprint++" for the GRIP-UNINA teacher, "lightnp" for a distilled student
+    layers: int = 17  # 3x3 convolutions in all, the first and the last included
+    width: int = 64  # channels of the hidden convolutions
+    unshuffle: int = 1  # the body runs at 1/unshuffle resolution on pixel-unshuffled input (1: none)
+    batchnorm: bool = True  # BatchNorm after every hidden convolution (which then has no bias)
+
+    def __post_init__(self) -> None:
+        if self.layers < 2 or self.width < 1 or self.unshuffle < 1:
+            raise DiffimlError(f"noiseprint config: need layers >= 2, width >= 1, unshuffle >= 1; got {self}")
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context on each side that any output pixel can see (17 for Noiseprint++)."""
+        return self.layers * self.unshuffle + self.unshuffle - 1
+
+
+@dataclass(frozen=True)
 class DetectorConfig:
     """The image-level detector (`models/detector.py`) over the condition and the localizer's maps."""
 
@@ -128,6 +151,9 @@ class DetectorConfig:
     top_fractions: tuple[float, ...] = (0.01, 0.1)
     # Also read the image's JPEG block-grid channels (`models/block_grid.py`); off in detectors older than them.
     grid_features: bool = False
+    # Also read the camera-trace channels of the model's Noiseprint map (`models/camera_trace.py`); needs a model
+    # with `noiseprint`.
+    trace_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +210,9 @@ class ModelConfig:
     resolution: str = "resize"
     native_max_side: int = 1024
     detector: DetectorConfig | None = None  # the image-level detector; checkpoints older than it have none
+    # A frozen camera-trace front end (Noiseprint++ or a LightNP student) whose weights travel in the checkpoint;
+    # what reads its map: `detector.trace_features`. None in checkpoints older than it.
+    noiseprint: NoiseprintConfig | None = None
     calibration: CalibrationConfig | None = None  # its decision threshold, once calibrated
 
     def __post_init__(self) -> None:
@@ -203,6 +232,10 @@ class ModelConfig:
             raise DiffimlError(f"native_max_side must be at least {multiple}, got {self.native_max_side}")
         if self.calibration is not None and self.detector is None:
             raise DiffimlError("a calibration needs a detector: this config has a calibration but no detector")
+        if self.detector is not None and self.detector.trace_features and self.noiseprint is None:
+            raise DiffimlError("a detector with trace_features needs a noiseprint front end: this config has none")
+        if self.encoder.trace_branch and self.noiseprint is None:
+            raise DiffimlError("an encoder with trace_branch needs a noiseprint front end: this config has none")
 
     @property
     def input_multiple(self) -> int:
@@ -255,5 +288,6 @@ _NESTED_TYPES = {
     (ModelConfig, "diffusion"): DiffusionConfig,
     (ModelConfig, "detector"): DetectorConfig,
     (ModelConfig, "calibration"): CalibrationConfig,
+    (ModelConfig, "noiseprint"): NoiseprintConfig,
 }
 

@@ -57,7 +57,7 @@ class Prediction:
                  (all 0 for a discriminative model, which makes one deterministic prediction)
     image_score:  (B,) float32 in [0, 1], the maximum of `probability` (the image-level score)
     evidence:     (B, 1, H/8, W/8) float32 detector evidence logits per latent cell, or None without a detector
-    cells:        (B, 4, H/8, W/8) float32 cell statistics of the maps (`models.detector.cell_maps`), or None
+    cells:        (B, K, H/8, W/8) float32 cell statistics (`models.detector.cell_maps`, K = 4..10), or None
     detection_score: (B,) float32 in [0, 1], the detector's score of the whole image, or None without one
     """
 
@@ -219,10 +219,11 @@ class Predictor:
             raise DiffimlError(f"image sides must be multiples of {self.input_multiple} for this model, got {H} x {W}; "
                                "pad them (LocalizationPipeline does)")
         images = images.to(self.device, non_blocking=True)
-        condition, probability, uncertainty = self._encode_and_map(images, options)
+        condition, probability, uncertainty, trace = self._encode_and_map(images, options)
         evidence = cells = None
         if self.localizer.detector is not None:
-            cells = cell_maps(probability, uncertainty, self._grid_images(images))
+            cells = cell_maps(probability, uncertainty, self._grid_images(images),
+                              trace=trace if self._detector_reads_traces else None)
             evidence = self.localizer.detector(condition.float(), cells).float().cpu()
             cells = cells.cpu()
         probability = probability.float().cpu()
@@ -234,32 +235,51 @@ class Predictor:
         """What the detector reads, without it: images (B, 3, H, W) in [0, 1] -> (condition (B, C, H/8, W/8),
         cells (B, K, H/8, W/8)), as `predict` computes them without TTA, as ordinary tensors on the CPU."""
         images = images.to(self.device).contiguous(memory_format=self.memory_format)
-        condition, probability, uncertainty = self._encode_and_map(images, dataclasses.replace(options, tta=False))
-        cells = cell_maps(probability, uncertainty, self._grid_images(images))
+        options = dataclasses.replace(options, tta=False)
+        condition, probability, uncertainty, trace = self._encode_and_map(images, options)
+        cells = cell_maps(probability, uncertainty, self._grid_images(images),
+                          trace=trace if self._detector_reads_traces else None)
         with torch.inference_mode(False):
             return condition.float().cpu().clone(), cells.cpu().clone()
 
     def _encode_and_map(self, images: torch.Tensor, options: SamplingOptions
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) on the device -> (condition (B, C, H/8, W/8), probability, uncertainty (B, 1, H, W)).
-        The encoder runs once per view; under TTA the mirrored view is flipped back and merged by max (the maps)
-        and by mean (the condition), as the reference does."""
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """images (B, 3, H, W) on the device -> (condition (B, C, H/8, W/8), probability, uncertainty (B, 1, H, W),
+        the Noiseprint maps (B, 1, H, W) or None when nothing reads them). The encoder runs once per view; under
+        TTA the mirrored view is flipped back and merged by max (the maps) and by mean (the condition), as the
+        reference does. The front end runs once per image; the mirrored view gets its map mirrored."""
         B = images.shape[0]
+        trace = self._trace_maps(images)
         views = torch.cat([images, images.flip(-1)]) if options.tta else images  # (V*B, 3, H, W)
         views = views.contiguous(memory_format=self.memory_format)
+        view_traces = torch.cat([trace, trace.flip(-1)]) if options.tta and trace is not None else trace
         with self._autocast():
-            condition = self.localizer.encoder(views)
+            condition = self.localizer.condition(views, view_traces)
         probability, uncertainty = self.maps(condition, views.shape[-2:], options)
         if options.tta:
             probability = torch.maximum(probability[:B], probability[B:].flip(-1))
             uncertainty = torch.maximum(uncertainty[:B], uncertainty[B:].flip(-1))
             condition = 0.5 * (condition[:B] + condition[B:].flip(-1))
-        return condition, probability, uncertainty
+        return condition, probability, uncertainty, trace
 
     def _grid_images(self, images: torch.Tensor) -> torch.Tensor | None:
         """The images (B, 3, H, W) when the detector reads their block grid (`models/block_grid.py`), else None."""
         detector = self.localizer.detector
         return images if detector is not None and detector.config.grid_features else None
+
+    def _trace_maps(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The Noiseprint maps (B, 1, H, W) of the images when the detector or the encoder reads them
+        (`models/camera_trace.py`), else None."""
+        return self.localizer.trace(images) if self._detector_reads_traces or self._encoder_reads_traces else None
+
+    @property
+    def _detector_reads_traces(self) -> bool:
+        detector = self.localizer.detector
+        return detector is not None and detector.config.trace_features
+
+    @property
+    def _encoder_reads_traces(self) -> bool:
+        return self.localizer.encoder.trace_branch is not None
 
     def detect(self, evidence: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The detection score (B,) in [0, 1] of the detector's evidence (B, 1, h, w) and cell statistics

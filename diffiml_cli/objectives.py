@@ -21,7 +21,7 @@ class DenoisingObjective(nn.Module):
         self.localizer = localizer
 
     def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.localizer.denoiser(x_t, t, self.localizer.encoder(image))
+        return self.localizer.denoiser(x_t, t, self.localizer.condition(image))
 
 
 class SegmentationObjective(nn.Module):

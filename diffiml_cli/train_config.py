@@ -24,7 +24,8 @@ _SOURCE_OPTION = {"data": "data", "synthetic_from": "synthetic_from", "other_cam
                   "exclude_photos": "exclude_photos", "hard_negatives": "hard_negatives"}
 _RECIPE_OPTION = {"preset": "preset", "kind": "model", "edge": "edge", "image_size": "image_size",
                   "resolution": "resolution", "vae": "vae", "init": "init", "copy_move_cue": "copy_move_cue",
-                  "detector": "train_detector", "detector_grid": "detector_grid", "backbone_weights": "backbone_weights"}
+                  "detector": "train_detector", "detector_grid": "detector_grid", "backbone_weights": "backbone_weights",
+                  "detector_trace": "detector_trace", "noiseprint": "noiseprint", "trace_branch": "trace_branch"}
 
 
 def read_train_config(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ class ModelRecipe:
     """Which network to train. `init`: continue a localizer checkpoint (its config and VAE come with it);
     otherwise `preset` with `kind`, `edge`, `image_size`, `resolution` and the mask VAE `vae` (default: the
     shipped LightVAE). `copy_move_cue` None keeps the preset's or checkpoint's; `detector` adds one
-    (`detector_grid`: one that reads the block grid)."""
+    (`detector_grid`: one that reads the block grid; `detector_trace`: one that reads the camera-trace channels of
+    the frozen front end `noiseprint`, a `convert --noiseprint` folder or a LightNP student, which joins the model)."""
 
     preset: str = "tiny"
     kind: str | None = None  # "diffusion" (default) or "discriminative"
@@ -31,6 +32,9 @@ class ModelRecipe:
     copy_move_cue: bool | None = None
     detector: bool = False
     detector_grid: bool = False  # the detector also reads the JPEG block grid (`models/block_grid.py`)
+    detector_trace: bool = False  # ... and the camera-trace channels (`models/camera_trace.py`); needs `noiseprint`
+    noiseprint: str | None = None  # the front end to add (None: keep the init's, if any)
+    trace_branch: bool | None = None  # give the encoder a branch over the front end's maps (None: keep the init's)
     backbone_weights: str | None = None
 
 

@@ -18,7 +18,8 @@ from diffiml_cli.distributed import world_size
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.backbone_weights import load_backbone_weights
 from diffiml_cli.models.build import (AnyLocalizer, build_localizer, default_vae, load_mask_vae, load_model,
-                                      with_copy_move_cue, with_detector)
+                                      with_camera_trace, with_copy_move_cue, with_detector,
+                                      with_trace_branch)
 from diffiml_cli.presets import get_preset
 from diffiml_cli.training import TRAIN_STATE_NAME, TrainOptions, Trainer
 from diffiml_cli.training_options import DataRecipe, ModelRecipe  # noqa: F401 - re-exported
@@ -66,10 +67,18 @@ def build_model(recipe: ModelRecipe) -> tuple[AnyLocalizer, ModelConfig]:
         localizer, config = _fresh_model(recipe)
     if recipe.copy_move_cue is not None:
         localizer, config = with_copy_move_cue(localizer, config, recipe.copy_move_cue)
+    if recipe.noiseprint:
+        localizer, config = with_camera_trace(localizer, config, recipe.noiseprint)
+    if recipe.trace_branch is not None:
+        localizer, config = with_trace_branch(localizer, config, recipe.trace_branch)
     if recipe.detector:
+        if recipe.detector_trace and config.noiseprint is None:
+            raise DiffimlError("--detector-trace needs a camera-trace front end: pass --noiseprint DIR (a `convert "
+                               "--noiseprint` folder or a LightNP student), or --init a model that has one")
         detector = config.detector or DetectorConfig()
-        if recipe.detector_grid != detector.grid_features:  # another input: a fresh detector
-            detector = DetectorConfig(grid_features=recipe.detector_grid)
+        wanted = (recipe.detector_grid, recipe.detector_trace)
+        if wanted != (detector.grid_features, detector.trace_features):  # other inputs: a fresh detector
+            detector = DetectorConfig(grid_features=recipe.detector_grid, trace_features=recipe.detector_trace)
         localizer, config = with_detector(localizer, config, detector)
     if recipe.backbone_weights:
         load_backbone_weights(localizer.encoder, recipe.backbone_weights)

@@ -223,3 +223,8 @@ def test_a_non_finite_score_is_an_error_of_that_image_not_an_authentic_verdict(t
 def test_seed_beyond_64_bits_on_the_command_line_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(app, ["localize", str(tmp_path / "x.png"), "--seed", str(2**64)])
     assert result.exit_code == 2 and "--seed" in result.stderr
+
+
+def test_sweep_seed_beyond_64_bits_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path), "--seeds", f"0,{2**64}"])
+    assert result.exit_code == 2 and "--seeds" in result.stderr and str(2**64 - 1) in result.stderr

@@ -133,14 +133,15 @@ def with_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return run_command
 
 
-def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
-    """'1,5' -> [1, 5]; every item an integer >= minimum, else a usage error (exit 2) naming the option."""
+def parse_int_list(text: str, option: str, *, minimum: int = 1, maximum: int | None = None) -> list[int]:
+    """'1,5' -> [1, 5]; every item an integer in [minimum, maximum], else a usage error (exit 2) naming the option."""
     try:
         values = [int(item) for item in text.split(",") if item.strip()]
     except ValueError:
         values = []
-    if not values or any(value < minimum for value in values):
-        raise typer.BadParameter(f"expected comma-separated integers >= {minimum}, got {text!r}", param_hint=option)
+    if not values or any(value < minimum or (maximum is not None and value > maximum) for value in values):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise typer.BadParameter(f"expected comma-separated integers {bounds}, got {text!r}", param_hint=option)
     return values
 
 

@@ -52,7 +52,7 @@ def evaluate(
     if sweep_sampler or sweep_steps or sweep_ensemble or seeds:
         grid = SweepGrid(steps=parse_int_list(sweep_steps, "--sweep-steps") if sweep_steps else [run.steps],
                          ensembles=parse_int_list(sweep_ensemble, "--sweep-ensemble") if sweep_ensemble else [run.ensemble],
-                         seeds=parse_int_list(seeds, "--seeds", minimum=0) if seeds else [run.seed], tta=run.tta,
+                         seeds=parse_int_list(seeds, "--seeds", minimum=0, maximum=2**64 - 1) if seeds else [run.seed], tta=run.tta,
                          samplers=parse_sampler_list(sweep_sampler) if sweep_sampler else [run.sampler])
     datasets = load_datasets(data, limit)
     pipeline = open_run(run)

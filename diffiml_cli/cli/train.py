@@ -20,11 +20,12 @@ DATA = DataRecipe()
 PANELS = {
     "Data": ("data", "synthetic_from", "synthetic_kinds", "other_camera_donors", "authentic_share",
              "authentic_per_batch", "exclude_photos", "hard_negatives", "hard_negative_share", "synthetic_length"),
-    "Model": ("preset", "model", "edge", "vae", "init", "copy_move_cue", "backbone_weights", "image_size",
-              "resolution"),
+    "Model": ("preset", "model", "edge", "vae", "init", "copy_move_cue", "noiseprint", "trace_branch",
+              "backbone_weights", "image_size", "resolution"),
     "Optimisation": ("steps", "epochs", "batch_size", "lr", "weight_decay", "backbone_lr_scale", "warmup_steps",
                      "ema", "prior_rate", "mask_loss_weight", "amp", "seed", "num_workers", "device"),
-    "Detector": ("train_detector", "detector_grid", "detector_steps", "detector_ensemble", "detector_precision"),
+    "Detector": ("train_detector", "detector_grid", "detector_trace", "detector_steps", "detector_ensemble",
+                 "detector_precision"),
     "Validation": ("val", "select_by", "val_every"),
     "Output": ("out", "resume", "save_every"),
 }
@@ -75,6 +76,13 @@ def train(
                               "(added when the model has none) on the frozen localizer's outputs.")] = False,
     detector_grid: Annotated[bool, typer.Option("--detector-grid", help="With --train-detector: a fresh detector "
                              "that also reads the image's JPEG block grid (replaces one that does not).")] = False,
+    detector_trace: Annotated[bool, typer.Option("--detector-trace", help="With --train-detector: a fresh detector "
+                              "that also reads the camera-trace channels of the --noiseprint front end.")] = False,
+    trace_branch: Annotated[bool | None, typer.Option("--trace-branch/--no-trace-branch", help="Give the condition "
+                            "encoder the --noiseprint front end's map; with --init the new branch starts at zero.")] = None,
+    noiseprint: Annotated[str | None, typer.Option(help="Add this frozen camera-trace front end to the model: a "
+                          "`convert --noiseprint` folder or a LightNP student (GRIP-UNINA's licence: non-profit use "
+                          "only). Its weights join the checkpoint.")] = None,
     detector_steps: Annotated[int, typer.Option(help="With --train-detector: the DDIM steps of the localizer's "
                               "outputs (use localize's default).", min=1)] = DEFAULT["detector_sampling"].steps,
     detector_ensemble: Annotated[int, typer.Option(help="With --train-detector: their ensemble size N.", min=1)] = DEFAULT["detector_sampling"].ensemble,
@@ -121,6 +129,7 @@ def train(
         raise DiffimlError("give exactly one of `steps` and `epochs`")
     recipe = ModelRecipe(preset=preset, kind=model, edge=edge, image_size=image_size, resolution=resolution, vae=vae,
                          init=init, copy_move_cue=copy_move_cue, detector=train_detector, detector_grid=detector_grid,
+                         detector_trace=detector_trace, noiseprint=noiseprint, trace_branch=trace_branch,
                          backbone_weights=backbone_weights)
     sources = DataRecipe(
         data=tuple(data), synthetic_from=tuple(map(str, synthetic_from)), synthetic_kinds=parse_kinds(synthetic_kinds),

@@ -78,7 +78,7 @@ def sampler_latents(predictor: Predictor, windows: list[np.ndarray], sampling: S
         image = torch.from_numpy(window.copy()).permute(2, 0, 1)[None].float().div(255.0)
         options = dataclasses.replace(sampling, seed=int(rng.integers(2**31)))
         steps: list[torch.Tensor] = []
-        z0 = predictor.sample_latents(localizer.encoder(image), options,
+        z0 = predictor.sample_latents(localizer.condition(image), options,
                                       on_x0=lambda t, x0: steps.append(x0[:1, :mask_channels].clamp(-1, 1)))
         z0 = z0[0, :, :mask_channels]  # (N, mask channels, h, w)
         early = [steps[int(i)] for i in rng.integers(0, max(1, len(steps) - 1), per_image)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from diffiml_cli.checkpoint import load_checkpoint, load_state_strict
 from diffiml_cli.config import DetectorConfig, ModelConfig
 from diffiml_cli.errors import DiffimlError
+from diffiml_cli.models.camera_trace import CameraTrace
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.denoiser import Denoiser
 from diffiml_cli.models.detector import Detector
@@ -21,17 +22,19 @@ AnyLocalizer = Localizer | DiscriminativeLocalizer
 def build_localizer(config: ModelConfig) -> AnyLocalizer:
     """A randomly initialised localizer of `config.kind`; load weights with `load_model`."""
     detector = Detector(config.detector, config.encoder.out_channels) if config.detector is not None else None
+    trace = CameraTrace(config.noiseprint) if config.noiseprint is not None else None
     stride = 2 ** len(config.vae.hidden_channels)  # the condition is at the mask latent's resolution
     if config.kind == "discriminative":
         return DiscriminativeLocalizer(
             encoder=ConditionEncoder(config.encoder, output_stride=stride),
-            head=SegmentationHead(config.encoder.out_channels), detector=detector,
+            head=SegmentationHead(config.encoder.out_channels), detector=detector, trace=trace,
         )
     return Localizer(
         encoder=ConditionEncoder(config.encoder, output_stride=stride),
         denoiser=Denoiser(config.denoiser),
         vae=MaskVAE(config.vae),
         detector=detector,
+        trace=trace,
     )
 
 
@@ -51,14 +54,29 @@ def with_copy_move_cue(localizer: AnyLocalizer, config: ModelConfig, enabled: bo
     Every other weight is kept; a new branch's output starts at zero, so the returned model predicts
     exactly what `localizer` did.
     """
-    if config.encoder.copy_move_cue == enabled:
+    return _with_encoder_branch(localizer, config, "copy_move_cue", enabled)
+
+
+def with_trace_branch(localizer: AnyLocalizer, config: ModelConfig, enabled: bool) -> tuple[AnyLocalizer, ModelConfig]:
+    """The same localizer with a fresh camera-trace branch in its encoder (`camera_trace.TraceBranch`), or
+    without one; the model needs its front end (`with_camera_trace`). A new branch's output starts at zero, so
+    the returned model predicts exactly what `localizer` did."""
+    if enabled and config.noiseprint is None:
+        raise DiffimlError("a trace branch reads the camera-trace front end's maps: add one first (--noiseprint)")
+    return _with_encoder_branch(localizer, config, "trace_branch", enabled)
+
+
+def _with_encoder_branch(localizer: AnyLocalizer, config: ModelConfig, name: str, enabled: bool
+                         ) -> tuple[AnyLocalizer, ModelConfig]:
+    """`localizer` with its encoder's optional branch `name` fresh (enabled) or removed; other weights kept."""
+    if getattr(config.encoder, name) == enabled:
         return localizer, config
-    config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, copy_move_cue=enabled))
+    config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, **{name: enabled}))
     extended = build_localizer(config)
-    prefix = "encoder.copy_move_cue."
+    prefix = f"encoder.{name}."
     state = {key: value for key, value in localizer.state_dict().items() if not key.startswith(prefix)}
     fresh = {key: value for key, value in extended.state_dict().items() if key.startswith(prefix)}
-    load_state_strict(extended, {**state, **fresh}, "the copy-move cue")
+    load_state_strict(extended, {**state, **fresh}, f"the encoder's {name}")
     return extended.train(localizer.training), config
 
 
@@ -73,6 +91,32 @@ def with_detector(localizer: AnyLocalizer, config: ModelConfig, detector: Detect
     state = {key: value for key, value in localizer.state_dict().items() if not key.startswith("detector.")}
     fresh = {key: value for key, value in extended.state_dict().items() if key.startswith("detector.")}
     load_state_strict(extended, {**state, **fresh}, "the detector")
+    return extended.train(localizer.training), config
+
+
+def with_camera_trace(localizer: AnyLocalizer, config: ModelConfig, source: str | Path | None, *,
+                      allow_pickle: bool = False) -> tuple[AnyLocalizer, ModelConfig]:
+    """The same localizer with the frozen camera-trace front end read from `source` (`models.noiseprint.
+    load_noiseprint`: a `convert --noiseprint` folder, a LightNP student, or with `allow_pickle` noiseprint++.th),
+    or without one (None). Every other weight is kept; the front end's weights join the checkpoint, so a model
+    that uses them is self-contained. A detector that reads camera-trace channels is dropped with its calibration
+    (it read another front end's maps); any other detector, and its calibration, is kept."""
+    from diffiml_cli.models.noiseprint import load_noiseprint
+
+    network, noiseprint = load_noiseprint(source, allow_pickle=allow_pickle) if source else (None, None)
+    detector = config.detector
+    if detector is not None and detector.trace_features:
+        detector = None
+    if noiseprint is None and config.encoder.trace_branch:
+        raise DiffimlError("this model's encoder reads the camera-trace front end (trace_branch): it cannot go")
+    config = dataclasses.replace(config, noiseprint=noiseprint, detector=detector,
+                                 calibration=config.calibration if detector == config.detector else None)
+    extended = build_localizer(config)
+    state = {key: value for key, value in localizer.state_dict().items()
+             if not key.startswith("trace.") and (detector is not None or not key.startswith("detector."))}
+    if network is not None:
+        state.update({f"trace.network.{key}": value for key, value in network.state_dict().items()})
+    load_state_strict(extended, state, "the camera-trace front end")
     return extended.train(localizer.training), config
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffiml_cli.config import ConditionEncoderConfig
+from diffiml_cli.models.camera_trace import TraceBranch
 from diffiml_cli.models.copy_move_cue import CopyMoveCue
 
 
@@ -21,7 +22,8 @@ class ConditionEncoder(nn.Module):
     Each backbone stage is projected to `embed_channels` by a 1x1 conv, resized to 1/8 of the input
     (the latent resolution), concatenated, and fused by 3x3 conv + BN + ReLU to `out_channels`.
     The reference fixes the output at 64x64; ours follows the input size. With `copy_move_cue`, the
-    image's SIFT self-matches (`CopyMoveCue`) add a term to the fused condition.
+    image's SIFT self-matches (`CopyMoveCue`) add a term to the fused condition; with `trace_branch`, so do the
+    image's Noiseprint maps (`TraceBranch`).
     """
 
     def __init__(self, config: ConditionEncoderConfig, *, output_stride: int = 8) -> None:
@@ -52,10 +54,12 @@ class ConditionEncoder(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.copy_move_cue = CopyMoveCue(config.out_channels) if config.copy_move_cue else None
+        self.trace_branch = TraceBranch(config.out_channels) if config.trace_branch else None
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, trace: torch.Tensor | None = None) -> torch.Tensor:
+        """image (B, 3, H, W) in [0, 1]; trace (B, 1, H, W), the Noiseprint maps, needed with `trace_branch`."""
         B, _, H, W = image.shape
         latent_size = (H // self.output_stride, W // self.output_stride)
         x = (image - self.pixel_mean) / self.pixel_std
@@ -67,4 +71,8 @@ class ConditionEncoder(nn.Module):
         condition = self.fuse(torch.cat(fused, dim=1))
         if self.copy_move_cue is not None:
             condition = condition + self.copy_move_cue(image, latent_size)
+        if self.trace_branch is not None:
+            if trace is None:
+                raise ValueError("this encoder has a trace branch: pass the Noiseprint maps (Localizer.condition does)")
+            condition = condition + self.trace_branch(trace, latent_size).to(condition.dtype)
         return condition

@@ -9,6 +9,8 @@ localizer produced, and also the condition it produced it from:
   maps (`cell_maps`: mean and max probability, share of pixels at probability >= 0.5, mean ensemble spread),
   and, in detectors trained with them (`grid_features`), three JPEG block-grid channels of the image itself
   (`block_grid.py`): where the photo's 8x8 compression grid holds, and where another grid or none replaces it;
+  and, in detectors trained with them (`trace_features`), three camera-trace channels of the model's Noiseprint
+  map (`camera_trace.py`): where the camera's fingerprint departs from the rest of the image;
 - a small convolutional head turns them into an evidence logit per cell (trained to find the edit, with the
   mask's share of each cell as its target);
 - the evidence is pooled over the whole image (mean of its top 1 % and top 10 % of cells, and its mean), beside
@@ -33,6 +35,7 @@ from torch import nn
 
 from diffiml_cli.config import DetectorConfig
 from diffiml_cli.models.block_grid import GRID_CHANNELS, grid_cells
+from diffiml_cli.models.camera_trace import TRACE_CHANNELS, trace_cells
 
 CELL_CHANNELS = 4  # mean probability, max probability, marked share, mean uncertainty
 MARK_THRESHOLD = 0.5  # the marked share the detector reads is at the default pixel threshold, whatever the user's
@@ -40,11 +43,12 @@ LOGIT_FLOOR = 1e-4  # probabilities and shares are clamped to [1e-4, 1 - 1e-4] b
 
 
 def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, images: torch.Tensor | None = None,
-              cell: int = 8) -> torch.Tensor:
+              cell: int = 8, trace: torch.Tensor | None = None) -> torch.Tensor:
     """probability, uncertainty: (B, 1, H, W) float, H and W multiples of `cell` -> (B, 4, H/cell, W/cell):
     mean probability, max probability, share of pixels >= 0.5, and mean uncertainty of each cell; with
-    `images` (B, 3, H, W) in [0, 1] (a detector with `grid_features`), its 3 block-grid channels follow:
-    (B, 7, H/cell, W/cell). Those are per 8x8 JPEG block, so they need `cell` = 8, the latent cell."""
+    `images` (B, 3, H, W) in [0, 1] (a detector with `grid_features`), its 3 block-grid channels follow
+    (per 8x8 JPEG block, so they need `cell` = 8, the latent cell); with `trace` (B, 1, H, W), the Noiseprint
+    maps (a detector with `trace_features`), its 3 camera-trace channels follow: (B, 4 + 3 + 3, h, w) at most."""
     probability, uncertainty = probability.float(), uncertainty.float()
     maps = [
         F.avg_pool2d(probability, cell),
@@ -54,12 +58,16 @@ def cell_maps(probability: torch.Tensor, uncertainty: torch.Tensor, images: torc
     ]
     if images is not None:
         maps.append(grid_cells(images).to(maps[0].device))
+    if trace is not None:
+        maps.append(trace_cells(trace, cell=cell).to(maps[0].device))
     return torch.cat(maps, dim=1)
 
 
 def cell_channels(config: DetectorConfig) -> int:
-    """How many cell channels a detector of `config` reads: 4, or 7 with the block-grid channels."""
-    return CELL_CHANNELS + (GRID_CHANNELS if config.grid_features else 0)
+    """How many cell channels a detector of `config` reads: 4, plus 3 with the block-grid channels, plus 3 with the
+    camera-trace channels."""
+    return (CELL_CHANNELS + (GRID_CHANNELS if config.grid_features else 0)
+            + (TRACE_CHANNELS if config.trace_features else 0))
 
 
 def _top_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -8,25 +8,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffiml_cli.models.camera_trace import CameraTrace, TracedCondition
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.denoiser import Denoiser
 from diffiml_cli.models.detector import Detector
 from diffiml_cli.models.mask_vae import MaskVAE
 
 
-class Localizer(nn.Module):
+class Localizer(TracedCondition, nn.Module):
     """The three trained parts of DiffIML, plus the latent bookkeeping that ties them together.
 
     Latent layout: (B, 8, H/8, W/8) = 4 mask channels then 4 edge channels, each `vae.encode(y) * scale`.
     """
 
     def __init__(self, *, encoder: ConditionEncoder, denoiser: Denoiser, vae: MaskVAE,
-                 detector: Detector | None = None) -> None:
+                 detector: Detector | None = None, trace: CameraTrace | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.denoiser = denoiser
         self.vae = vae
         self.detector = detector  # the image-level detector, when the checkpoint has one
+        self.trace = trace  # the frozen camera-trace front end (`camera_trace.py`), when the checkpoint has one
         for parameter in self.vae.parameters():  # the VAE is frozen once distilled
             parameter.requires_grad_(False)
 

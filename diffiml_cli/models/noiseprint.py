@@ -2,11 +2,12 @@
 
 Noiseprint++ (F. Guillaro, D. Cozzolino, A. Sud, N. Dufour, L. Verdoliva, "TruFor: Leveraging all-round clues for
 trustworthy image forgery detection and localization", CVPR 2023; weights and code by GRIP-UNINA under their
-non-profit licence, see weights/lightnp/LICENSE.txt) is a DnCNN: a 3x3 convolution 3 -> 64 with bias and a ReLU,
-15 blocks of 3x3 convolution 64 -> 64 without bias, BatchNorm and ReLU, and a 3x3 convolution 64 -> 1 with bias,
-as one nn.Sequential whose state_dict keys are "0.weight", "0.bias", "2.weight", "3.weight", ... "47.bias". It maps
-an RGB image in [0, 1] to a noise-like map of the same size that carries the camera model's and the editing
-history's trace, so that regions of another origin stand out. It costs ~1.1 MFLOP per pixel.
+non-profit licence: the LICENSE.txt that `convert --noiseprint` copies beside the weights) is a DnCNN: a 3x3
+convolution 3 -> 64 with bias and a ReLU, 15 blocks of 3x3 convolution 64 -> 64 without bias, BatchNorm and ReLU,
+and a 3x3 convolution 64 -> 1 with bias, as one nn.Sequential whose state_dict keys are "0.weight", "0.bias",
+"2.weight", "3.weight", ... "47.bias". It maps an RGB image in [0, 1] to a noise-like map of the same size that
+carries the camera model's and the editing history's trace, so that regions of another origin stand out. It costs
+~1.1 MFLOP per pixel.
 
 LightNP (`unshuffle` 2) runs the same kind of body on a pixel-unshuffled image (3 -> 12 channels at half
 resolution) and pixel-shuffles its 4 output channels back to one full-resolution map: no information is lost
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,29 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffiml_cli.config import NoiseprintConfig  # noqa: F401  (defined there so ModelConfig can hold one)
 from diffiml_cli.errors import DiffimlError
 
 _PICKLE_SUFFIXES = (".th", ".pt", ".pth")
-
-
-@dataclass(frozen=True)
-class NoiseprintConfig:
-    """A DnCNN camera-trace extractor. Noiseprint++ is the default; LightNP is `student_config()`."""
-
-    name: str = "noiseprint++"  # "noiseprint++" for the GRIP-UNINA teacher, "lightnp" for a distilled student
-    layers: int = 17  # 3x3 convolutions in all, the first and the last included
-    width: int = 64  # channels of the hidden convolutions
-    unshuffle: int = 1  # the body runs at 1/unshuffle resolution on pixel-unshuffled input (1: none)
-    batchnorm: bool = True  # BatchNorm after every hidden convolution (which then has no bias)
-
-    def __post_init__(self) -> None:
-        if self.layers < 2 or self.width < 1 or self.unshuffle < 1:
-            raise DiffimlError(f"noiseprint config: need layers >= 2, width >= 1, unshuffle >= 1; got {self}")
-
-    @property
-    def receptive_radius(self) -> int:
-        """Pixels of context on each side that any output pixel can see (17 for Noiseprint++)."""
-        return self.layers * self.unshuffle + self.unshuffle - 1
 
 
 def build_noiseprint(config: NoiseprintConfig) -> nn.Sequential:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffiml_cli.models.camera_trace import CameraTrace, TracedCondition
 from diffiml_cli.models.condition_encoder import ConditionEncoder
 from diffiml_cli.models.detector import Detector
 
@@ -31,20 +32,22 @@ class SegmentationHead(nn.Module):
         return self.layers(condition)
 
 
-class DiscriminativeLocalizer(nn.Module):
+class DiscriminativeLocalizer(TracedCondition, nn.Module):
     """encoder + segmentation head: image (B, 3, H, W) in [0, 1] -> mask logits (B, 1, H, W).
 
     `sigmoid(logits)` is the manipulation probability in [0, 1]; one forward pass, no sampling.
     """
 
-    def __init__(self, *, encoder: ConditionEncoder, head: SegmentationHead, detector: Detector | None = None) -> None:
+    def __init__(self, *, encoder: ConditionEncoder, head: SegmentationHead, detector: Detector | None = None,
+                 trace: CameraTrace | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.detector = detector
+        self.trace = trace  # the frozen camera-trace front end, when the checkpoint has one
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.segment(self.encoder(image), image.shape[-2:])
+        return self.segment(self.condition(image), image.shape[-2:])
 
     def segment(self, condition: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """condition (B, C, h, w) -> mask logits (B, 1, *size), upsampled bilinearly."""
