@@ -153,3 +153,22 @@ def test_a_fresh_trace_branch_changes_no_map_and_then_reads_the_map(tiny_checkpo
         assert not torch.allclose(traced.condition(images, torch.randn_like(trace)), traced.condition(images, trace))
     with pytest.raises(DiffimlError, match="trace_branch"):
         with_camera_trace(traced, config, None)
+
+
+def test_train_with_a_trace_branch_moves_it_off_zero(tiny_checkpoint, small_noiseprint, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{index}.png")
+    result = subprocess.run([sys.executable, "-m", "diffiml_cli", "train", "--init", str(tiny_checkpoint),
+                             "--noiseprint", str(small_noiseprint), "--trace-branch", "--synthetic-from", str(photos),
+                             "--steps", "2", "--batch-size", "2", "--synthetic-length", "4", "--lr", "1e-3",
+                             "--warmup-steps", "0", "--ema", "0", "--device", "cpu", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    localizer, config = load_model(tmp_path / "run" / "final")
+    assert config.encoder.trace_branch and config.noiseprint == FRONT
+    assert localizer.encoder.trace_branch.out.weight.abs().sum() > 0  # it learned from the map
+    expected = load_noiseprint(small_noiseprint)[0].state_dict()  # the front end itself never trains
+    assert all(torch.equal(localizer.trace.network.state_dict()[key], value) for key, value in expected.items())

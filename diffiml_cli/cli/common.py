@@ -193,13 +193,14 @@ def precision_of(precision: str, fp16: bool) -> str:
     return "fp16" if fp16 else precision
 
 
-def open_pipeline(checkpoint: str | None, *, device: str, precision: str = DEFAULT_PRECISION, fp16: bool = False,
-                  allow_pickle: bool = False, sampling: SamplingOptions = SAMPLING, calibrating: bool = False,
+def open_pipeline(checkpoint: str | None, *, device: str, allow_pickle: bool, precision: str = DEFAULT_PRECISION,
+                  fp16: bool = False, sampling: SamplingOptions = SAMPLING, calibrating: bool = False,
                   resolution: str | None = None, compile: bool = False, threshold: float = 0.5,
                   gate: bool | None = None, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
                   batch_size: int = 1) -> LocalizationPipeline:
     """`load_localizer` with the CLI's device and precision conventions (each torchrun rank on its own GPU), and
-    its warnings: bf16 emulated, and (unless `calibrating`) a verdict calibrated in another precision or sampling."""
+    its warnings: bf16 emulated, and (unless `calibrating`) a verdict calibrated in another precision or sampling.
+    `allow_pickle` has no default: every command passes what its user chose."""
     from diffiml_cli.distributed import rank_device
     from diffiml_cli.pipeline import load_localizer
 
