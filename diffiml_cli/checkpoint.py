@@ -24,10 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffiml_cli.config import MaskVAEConfig, ModelConfig, config_from_dict
+from diffiml_cli.config import MaskVAEConfig, ModelConfig, NoiseprintConfig, config_from_dict
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.files import atomic_write, atomic_write_bytes, remove_stale_temporaries
-from diffiml_cli.models.noiseprint import NoiseprintConfig
 
 FORMAT_VERSION = "1"
 WEIGHTS_NAME = "model.safetensors"

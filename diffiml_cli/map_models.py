@@ -24,7 +24,7 @@ from diffiml_cli.models.mask_vae import decoded_to_probability
 from diffiml_cli.models.segmentation_head import DiscriminativeLocalizer
 
 if TYPE_CHECKING:
-    from diffiml_cli.inference import SamplingOptions
+    from diffiml_cli.defaults import SamplingOptions
 
 Autocast = Callable[[], AbstractContextManager]
 

@@ -39,6 +39,15 @@ def trace_model(tiny_checkpoint, small_noiseprint):
     return localizer.eval(), config
 
 
+def _photos(folder, *, seed: int):
+    """Four random 80 x 96 PNG photos in `folder`, for synthetic edits."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / f"p{index}.png")
+    return folder
+
+
 def test_an_uneven_patch_stands_out_and_an_even_map_does_not():
     generator = torch.Generator().manual_seed(0)
     trace = torch.randn(2, 1, 96, 96, generator=generator)
@@ -111,11 +120,7 @@ def test_the_detector_score_moves_with_the_trace_channels(trace_model):
 
 
 def test_train_adds_the_front_end_and_a_trace_detector(tiny_checkpoint, small_noiseprint, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{index}.png")
+    photos = _photos(tmp_path / "photos", seed=0)
     args = [sys.executable, "-m", "diffiml_cli", "train", "--init", str(tiny_checkpoint), "--train-detector",
             "--detector-trace", "--synthetic-from", str(photos), "--steps", "2", "--batch-size", "2",
             "--authentic-share", "0.5", "--detector-steps", "1", "--detector-ensemble", "1", "--synthetic-length", "4",
@@ -156,11 +161,7 @@ def test_a_fresh_trace_branch_changes_no_map_and_then_reads_the_map(tiny_checkpo
 
 
 def test_train_with_a_trace_branch_moves_it_off_zero(tiny_checkpoint, small_noiseprint, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(1)
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{index}.png")
+    photos = _photos(tmp_path / "photos", seed=1)
     result = subprocess.run([sys.executable, "-m", "diffiml_cli", "train", "--init", str(tiny_checkpoint),
                              "--noiseprint", str(small_noiseprint), "--trace-branch", "--synthetic-from", str(photos),
                              "--steps", "2", "--batch-size", "2", "--synthetic-length", "4", "--lr", "1e-3",
