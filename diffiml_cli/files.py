@@ -184,10 +184,10 @@ def escapes(root: Path, path: Path) -> bool:
     symbolic link, or its nearest existing folder resolves (through links) outside `root`'s real path."""
     if os.path.islink(path):
         return True
-    folder = Path(os.path.abspath(path)).parent
-    while not folder.exists() and folder != folder.parent:  # the part still to be created cannot hold a link
-        folder = folder.parent
-    real_root, real_folder = os.path.realpath(root), os.path.realpath(folder)
+    # realpath resolves the links of the part that exists and keeps the part still to be created (which cannot
+    # hold a link) as written, for the root as for the path: a root not yet made is compared as it will be.
+    real_root = os.path.realpath(root)
+    real_folder = os.path.realpath(Path(os.path.abspath(path)).parent)
     return os.path.commonpath([real_root, real_folder]) != real_root
 
 

@@ -86,3 +86,21 @@ def test_a_filesystem_that_refuses_to_fsync_a_folder_still_gets_the_write(tmp_pa
     append_lines(tmp_path / "results.jsonl", ["{}"])
     assert (tmp_path / "a.png").read_bytes() == b"png" and (tmp_path / "results.jsonl").read_bytes() == b"{}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "results.jsonl"]  # no temporary left
+
+
+def test_escapes_follows_links_of_what_exists_and_accepts_folders_not_yet_made(tmp_path):
+    from diffiml_cli.files import escapes
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    assert not escapes(out / "predictions" / "js", out / "predictions" / "js" / "b_prob.png")  # nothing made yet
+    out.mkdir()
+    assert not escapes(out, out / "new" / "deeper" / "a.png")
+    (out / "thumbs").symlink_to(outside)
+    assert escapes(out, out / "thumbs" / "a.png")  # a planted folder link
+    (out / "results.jsonl").symlink_to(outside / "victim")
+    assert escapes(out, out / "results.jsonl")  # a planted file link, even to nothing yet
+    linked_root = tmp_path / "via"
+    linked_root.symlink_to(out)
+    assert not escapes(linked_root, linked_root / "a.png")  # --out given through a link is still itself
