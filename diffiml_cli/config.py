@@ -163,7 +163,9 @@ class CalibrationConfig:
 
     threshold: float  # an image is called manipulated when its detection score >= threshold
     target_far: float  # the authentic false-alarm rate the threshold was chosen for
-    far: float  # the false-alarm rate it gave on the calibration set's authentic images (the highest over `rates`)
+    # The false-alarm rate it gave on the calibration set's authentic images: the highest over the precisions and,
+    # when several sets were given, over each set's own authentic images.
+    far: float
     # The share of the set's tampered images it called manipulated (the lowest over `rates`); None without any.
     tpr: float | None
     n_authentic: int

@@ -306,3 +306,46 @@ def test_training_from_a_calibrated_checkpoint_drops_its_calibration(detector_ch
     assert load_model(calibrated)[1].calibration is not None
     _, config = build_model(ModelRecipe(init=str(calibrated)))
     assert config.calibration is None and config.detector is not None
+
+
+def test_calibrating_two_sets_keeps_the_false_alarm_rate_in_each_not_only_pooled(monkeypatch, tmp_path):
+    """Easy synthetic authentic images must not hide the false alarms of real ones: pooled, 5 % of 40 would allow
+    two real false alarms out of 10 (20 %); per set, at most floor(0.05 * 10) = 0 of them."""
+    from types import SimpleNamespace
+
+    from diffiml_cli.data.readers import Pair
+    from diffiml_cli.evaluation import calibration as module
+    from diffiml_cli.evaluation.scoring import DatasetReport
+    from diffiml_cli.inference import SamplingOptions
+
+    synthetic = {f"s{i}.png": score for i, score in enumerate(np.linspace(0.0, 0.5, 30))}
+    real = {f"r{i}.png": score for i, score in enumerate(np.linspace(0.3, 0.9, 10))}
+    pairs = [Pair(image=tmp_path / name, mask=None) for name in [*synthetic, *real]]
+    rows = [{"image": str(tmp_path / name), "detection_score": score, "tampered": False}
+            for name, score in {**synthetic, **real}.items()]
+    monkeypatch.setattr(module, "evaluate_dataset", lambda pairs, pipeline, **_: DatasetReport(metrics={},
+                                                                                               per_image=rows))
+    pipeline = SimpleNamespace(config=SimpleNamespace(detector=object()), source="x", gate=False,
+                               sampling=SamplingOptions(), predictor=SimpleNamespace(precision="fp32"))
+    pooled, _ = module.calibrate([pipeline], pairs, target_far=0.05, gate=False)
+    assert sum(score >= pooled.threshold for score in real.values()) == 2
+    sets = ["synthetic"] * 30 + ["real"] * 10
+    each, reports = module.calibrate([pipeline], pairs, target_far=0.05, gate=False, sets=sets)
+    assert each.threshold == threshold_for_far(list(real.values()), 0.05) > pooled.threshold
+    assert not any(score >= each.threshold for score in real.values()) and each.far == 0.0
+    assert module.rates_by_set(reports, pairs, sets, pooled.threshold) == [("fp32", "synthetic", 0.0, 30),
+                                                                           ("fp32", "real", 0.2, 10)]
+
+
+def test_calibrate_takes_several_sets_and_holds_the_rate_in_each(detector_checkpoint, tmp_path):
+    first, second = _set(tmp_path / "one"), _set(tmp_path / "two", count=3)
+    calibrated = tmp_path / "calibrated"
+    result = CliRunner().invoke(app, ["calibrate", "-d", f"one={first}", "-d", f"two={second}", "-c",
+                                      str(detector_checkpoint), "--target-far", "0.25", "--precision", "fp32", "-o",
+                                      str(calibrated), *FAST])
+    assert result.exit_code == 0, result.output
+    calibration = load_model(calibrated)[1].calibration
+    assert (calibration.n_authentic, calibration.n_tampered) == (7, 7) and calibration.data.startswith("one: ")
+    rates = {line.split(",")[1].split(":")[0].strip(): float(line.split("false alarms ")[1].split()[0])
+             for line in result.output.splitlines() if line.startswith("fp32, ")}
+    assert set(rates) == {"one", "two"} and max(rates.values()) == calibration.far <= 0.25

@@ -40,11 +40,13 @@ def threshold_for_far(authentic_scores: Sequence[float], target_far: float) -> f
 
 def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], *, target_far: float, gate: bool,
               data: str = "", on_progress: Callable[[Pair, str | None], None] = lambda pair, error: None,
-              ) -> tuple[CalibrationConfig, dict[str, DatasetReport]]:
+              sets: Sequence[str] | None = None) -> tuple[CalibrationConfig, dict[str, DatasetReport]]:
     """Score `pairs` with each pipeline (one checkpoint and sampling, one precision each; ungated) and choose the
     threshold: the highest of the precisions' own thresholds, so that at most `target_far` of the authentic images
-    are called manipulated in any of them. Returns it with each precision's report. `pipelines` may be a generator,
-    so that one model is loaded at a time; a second pipeline of a precision already scored is skipped.
+    are called manipulated in any of them. With `sets` (the name of each pair's calibration set), the threshold
+    also holds in each set that has authentic images: synthetic and real photos are not pooled, where the easy
+    ones would hide the others' false alarms. Returns it with each precision's report. `pipelines` may be a
+    generator, so that one model is loaded at a time; a second pipeline of a precision already scored is skipped.
     `on_progress(pair, error)` is called once per pair and precision scored."""
     reports: dict[str, DatasetReport] = {}
     sampling = None
@@ -67,7 +69,9 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
     if not reports:
         raise DiffimlError("calibrate: no precision to score the set in")
     scores = {name: _scores_by_class(report) for name, report in reports.items()}
-    threshold = max(threshold_for_far(authentic, target_far) for authentic, _ in scores.values())
+    groups = _authentic_sets(reports, pairs, sets)
+    threshold = max(threshold_for_far(authentic[members], target_far)
+                    for authentic, _ in scores.values() for members in groups.values())
     if threshold > 1.0:  # just above an authentic score of 1.0: no score could ever reach it
         raise DiffimlError(f"calibrate: more than {target_far:g} of the authentic images score 1.0, the highest "
                            "detection score, so no threshold keeps their false alarms within `target_far`")
@@ -76,13 +80,43 @@ def calibrate(pipelines: Iterable[LocalizationPipeline], pairs: Sequence[Pair], 
                   for name, (authentic, tampered) in scores.items())
     detected = [tpr for _, _, tpr in rates if tpr is not None]
     authentic, tampered = next(iter(scores.values()))
+    worst = max(float(np.mean(authentic[members] >= threshold))
+                for authentic, _ in scores.values() for members in groups.values())
     calibration = CalibrationConfig(
-        threshold=threshold, target_far=target_far, far=max(far for _, far, _ in rates),
+        threshold=threshold, target_far=target_far, far=worst,
         tpr=min(detected) if detected else None, n_authentic=authentic.size, n_tampered=tampered.size, data=data,
         sampling=tuple(sorted(dataclasses.asdict(sampling).items())), precision=",".join(reports), rates=rates,
         gate=gate,
     )
     return calibration, reports
+
+
+def rates_by_set(reports: dict[str, DatasetReport], pairs: Sequence[Pair], sets: Sequence[str], threshold: float
+                 ) -> list[tuple[str, str, float, int]]:
+    """(precision, set, false-alarm rate at `threshold`, authentic images) for every precision and every set with
+    authentic images, as `calibrate` scored them."""
+    groups = _authentic_sets(reports, pairs, sets)
+    rows = []
+    for precision, report in reports.items():
+        authentic, _ = _scores_by_class(report)
+        rows += [(precision, name, float(np.mean(authentic[members] >= threshold)), members.size)
+                 for name, members in groups.items()]
+    return rows
+
+
+def _authentic_sets(reports: dict[str, DatasetReport], pairs: Sequence[Pair], sets: Sequence[str] | None
+                    ) -> dict[str, np.ndarray]:
+    """Set name -> the positions of its images among the authentic scores of `_scores_by_class` (the same in every
+    precision's report, whose rows follow `pairs`); one set, "all", without `sets`. Sets without authentic
+    images are left out."""
+    rows = next(iter(reports.values())).per_image
+    if sets is None:
+        return {"all": np.arange(sum(not row["tampered"] for row in rows))}
+    if len(sets) != len(pairs):
+        raise DiffimlError(f"calibrate: {len(sets)} set names for {len(pairs)} pairs")
+    where = {str(pair.image): name for pair, name in zip(pairs, sets)}
+    names = np.asarray([where[row["image"]] for row in rows if not row["tampered"]])
+    return {name: np.flatnonzero(names == name) for name in dict.fromkeys(names.tolist())}
 
 
 def _scores_by_class(report: DatasetReport) -> tuple[np.ndarray, np.ndarray]:
