@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from textures import copy_moved_texture
 
-from diffiml_cli.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
+from diffiml_cli.checkpoint import load_checkpoint, save_checkpoint
 from diffiml_cli.cli.app import app
 from diffiml_cli.config import CalibrationConfig, DetectorConfig, DiffusionConfig, ModelConfig, config_from_dict
 from diffiml_cli.diffusion.samplers import sampler_name
@@ -171,10 +171,12 @@ def test_a_checkpoints_sampler_round_trips_and_older_checkpoints_are_ddim_leadin
     assert pipeline.run_info()["sampling"]["sampler"] == "dpmsolver++-trailing"
     assert load_localizer(tmp_path / "dpm", device="cpu", sampling=SamplingOptions(sampler="ddim")).sampling.sampler \
         == "ddim-leading"
-    # A config written before the field (the shipped one's diffusion has none) is DDIM on its own grid.
-    older = json.loads((default_checkpoint() / "config.json").read_text())["config"]
-    assert "sampler" not in older["diffusion"]
+    # A config written before the field (its diffusion has no "sampler") is DDIM on its own grid.
+    older = json.loads(json.dumps(dataclasses.asdict(get_preset("test"))))
+    del older["diffusion"]["sampler"]
     assert config_from_dict(ModelConfig, older).diffusion.sampler_name == "ddim-leading"
+    older["diffusion"]["timestep_spacing"] = "trailing"
+    assert config_from_dict(ModelConfig, older).diffusion.sampler_name == "ddim-trailing"
 
 
 def _calibration_set(root):
