@@ -21,8 +21,8 @@ def distill_noiseprint(
                                       "evaluation.json.")] = Path("runs/distill-np"),
     photos: Annotated[Path, typer.Option(help="Folder holding bsds500/ and kodak24/ (the fixed held-out split is "
                                          "never trained on).")] = Path("../shared/data/authentic"),
-    teacher: Annotated[Path, typer.Option(help="Noiseprint++: noiseprint++.th (read with torch.load(weights_only="
-                                          "True)) or its `diffiml convert --noiseprint` folder.")]
+    teacher: Annotated[Path, typer.Option(help="Noiseprint++: noiseprint++.th (read as tensors only, "
+                                          "no code unpickled) or its `diffiml convert --noiseprint` folder.")]
     = Path("../shared/weights/noiseprint++/noiseprint++.th"),
     steps: Annotated[int | None, typer.Option(help=f"Optimizer steps {_DEFAULTS_NOTE}.", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(help="Windows per step.", min=1)] = None,
