@@ -17,7 +17,8 @@ from diffiml_cli.errors import DiffimlError
 # train_config.json's "train" (TrainOptions) key -> the option that sets it, where the names differ.
 _TRAIN_OPTION = {"out_dir": "out", "learning_rate": "lr", "ema_decay": "ema"}
 # TrainOptions fields no option sets.
-_NOT_OPTIONS = ("grad_clip", "log_every", "val_sampling", "train_part", "detector_sampling", "data_sources")
+_NOT_OPTIONS = ("grad_clip", "log_every", "val_sampling", "train_part", "detector_sampling", "tune_sampling",
+                "data_sources")
 # The data sources and model recipe a run records -> their options.
 _SOURCE_OPTION = {"data": "data", "synthetic_from": "synthetic_from", "other_camera_donors": "other_camera_donors",
                   "val": "val", "authentic_share": "authentic_share", "hard_negative_share": "hard_negative_share",
@@ -56,6 +57,9 @@ def _from_resolved(train: dict[str, Any]) -> dict[str, Any]:
     options = {_TRAIN_OPTION.get(key, key): value for key, value in train.items() if key not in _NOT_OPTIONS}
     detector = train.get("detector_sampling") or {}
     options.update(detector_steps=detector.get("steps"), detector_ensemble=detector.get("ensemble"))
+    if train.get("train_part") == "sampler":
+        tune = train.get("tune_sampling") or {}
+        options.update(tune_sampler=tune.get("sampler"), tune_steps=tune.get("steps"), tune_ensemble=tune.get("ensemble"))
     sources = train.get("data_sources") or {}
     options.update({option: sources[key] for key, option in _SOURCE_OPTION.items() if key in sources})
     kinds = sources.get("synthetic_kinds")

@@ -2,7 +2,9 @@
 
 One step: z0 = [VAE(mask), VAE(edge)] * scale; t ~ U{0..T-1};
 x_t = sqrt(a_t) (z0 + lambda xi) + sqrt(1 - a_t) eps (the error prior); x0_pred = denoiser(x_t, t, E(image));
-loss = alpha * MSE(mask latent) + (1 - alpha) * MSE(edge latent). AdamW with warm-up then cosine decay,
+loss = alpha * MSE(mask latent) + (1 - alpha) * MSE(edge latent). Two parts can also train alone on the frozen
+rest: the detector, and the denoiser through the few-step sampler it will run with (`objectives.sampler_loss`).
+AdamW with warm-up then cosine decay,
 gradient clipping, an optional EMA of the weights, AMP on CUDA, and DDP under torchrun.
 
 Resumable and reproducible: the data order is a pure function of (seed, epoch, rank), dataset items a
@@ -40,8 +42,8 @@ from diffiml_cli.evaluation.accumulator import MetricAccumulator
 from diffiml_cli.models.build import AnyLocalizer
 from diffiml_cli.training_options import TrainOptions
 from diffiml_cli.jsonsafe import finite_json
-from diffiml_cli.objectives import (DenoisingObjective, LocalizerOutputs, SegmentationObjective, detection_loss,
-                                   diffiml_loss, segmentation_loss)
+from diffiml_cli.objectives import (ConditionMemo, DenoisingObjective, LocalizerOutputs, SamplerObjective,
+                                   SegmentationObjective, detection_loss, diffiml_loss, sampler_loss, segmentation_loss)
 
 TRAIN_STATE_NAME = "state.pt"
 LOG_NAME = "metrics.jsonl"
@@ -85,19 +87,8 @@ class Trainer:
         self.localizer = localizer.to(device)
         self.discriminative = config.kind == "discriminative"
         self.detector_only = options.train_part == "detector"
-        if self.detector_only:
-            if self.localizer.detector is None:
-                raise DiffimlError("training the detector alone needs a model with a detector")
-            self.localizer.requires_grad_(False)
-            self.localizer.detector.requires_grad_(True)
-            # The localizer is frozen here, so it may run channels-last, which oneDNN computes 1.5x faster.
-            predictor = Predictor(self.localizer, config.diffusion, device=device, channels_last=True,
-                                  precision=options.detector_precision)
-            self.outputs = LocalizerOutputs(predictor, options.detector_sampling)
-        self.objective: nn.Module = (
-            self.localizer.detector if self.detector_only
-            else SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
-        )
+        self.sampler_tuning = options.train_part == "sampler"
+        self.objective = self._objective(config, options, device)
         if self.context.world_size > 1:
             self.objective = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=[self.context.local_rank] if device.type == "cuda" else None
@@ -123,6 +114,27 @@ class Trainer:
         if self.batches_per_epoch == 0:
             raise DiffimlError("not enough training data for one batch per process")
 
+    def _objective(self, config: ModelConfig, options: TrainOptions, device: torch.device) -> nn.Module:
+        """The trained forward pass of `options.train_part`, freezing what that part leaves alone."""
+        if self.detector_only:
+            if self.localizer.detector is None:
+                raise DiffimlError("training the detector alone needs a model with a detector")
+            self.localizer.requires_grad_(False)
+            self.localizer.detector.requires_grad_(True)
+            # The localizer is frozen here, so it may run channels-last, which oneDNN computes 1.5x faster.
+            predictor = Predictor(self.localizer, config.diffusion, device=device, channels_last=True,
+                                  precision=options.detector_precision)
+            self.outputs = LocalizerOutputs(predictor, options.detector_sampling)
+            return self.localizer.detector
+        if self.sampler_tuning:
+            if self.discriminative:
+                raise DiffimlError("tuning for a sampler needs a diffusion model; a discriminative one does not sample")
+            self.localizer.requires_grad_(False)
+            self.localizer.denoiser.requires_grad_(True)
+            self.conditions = ConditionMemo(self.localizer)
+            return SamplerObjective(self.localizer, config.diffusion, options.tune_sampling)
+        return SegmentationObjective(self.localizer) if self.discriminative else DenoisingObjective(self.localizer)
+
     def _parameter_groups(self) -> list[dict]:
         """One group, or two when the backbone learns at its own rate (freezing it when the rate is 0)."""
         scale = self.options.backbone_lr_scale
@@ -141,8 +153,8 @@ class Trainer:
 
     def _train_mode(self) -> None:
         """train() everything but a frozen backbone, whose BatchNorm keeps its ImageNet statistics (or, when
-        the detector trains alone, the detector only)."""
-        if self.detector_only:
+        the detector or the denoiser trains alone, that part only)."""
+        if self.detector_only or self.sampler_tuning:  # the frozen parts stay as they infer
             self.localizer.eval()
         self.objective.train()
         if self.options.backbone_lr_scale == 0:
@@ -187,8 +199,8 @@ class Trainer:
         epoch, skip = divmod(self.step, self.batches_per_epoch)
         batch_size = self.options.batch_size
         while True:
-            if hasattr(self.train_data, "set_epoch"):  # a detector sees the same items every epoch: they are kept
-                self.train_data.set_epoch(0 if self.detector_only else epoch)
+            if hasattr(self.train_data, "set_epoch"):  # the items' kept outputs (detector, sampler) need the same items
+                self.train_data.set_epoch(0 if self.detector_only or self.sampler_tuning else epoch)
             ctx = self.context
             indices = epoch_indices(len(self.train_data), epoch, seed=self.options.seed, rank=ctx.rank, world_size=ctx.world_size)
             if self.options.authentic_per_batch and hasattr(self.train_data, "authentic_flags"):
@@ -220,6 +232,8 @@ class Trainer:
             condition, cells = self.outputs(batch["index"].tolist(), image)
             evidence = self.objective(condition.to(self.device), cells.to(self.device))
             loss, parts = detection_loss(evidence, self.localizer.detector.score(evidence, cells.to(self.device)), mask)
+        elif self.sampler_tuning:
+            loss, parts = self._sampler_loss(batch, image, mask)
         elif self.discriminative:  # the Table 5 baseline: predict the mask directly
             with self._autocast():
                 logits = self.objective(image)
@@ -246,6 +260,16 @@ class Trainer:
             self.ema.update_parameters(self.localizer)
         self.step += 1
         return {"loss": loss.item(), **parts, "grad_norm": float(grad_norm), "lr": self.lr_schedule.get_last_lr()[0]}
+
+    def _sampler_loss(self, batch: dict, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """`objectives.sampler_loss` of one batch: the sampler's noise from a seed of the checkpointed generator."""
+        condition = self.conditions(batch["index"].tolist(), image)
+        with torch.no_grad():
+            z0 = self.localizer.encode_targets(mask, batch["edge"].to(self.device))
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device))
+        members = self.objective(condition, seed)
+        return sampler_loss(members, z0, mask, self.localizer, mask_weight=self.options.mask_loss_weight,
+                            decoded_weight=self.options.decoded_loss_weight)
 
     def inference_model(self) -> AnyLocalizer:
         """The weights to evaluate and ship: the EMA when enabled, else the live model."""

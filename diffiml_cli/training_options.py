@@ -11,7 +11,7 @@ from diffiml_cli.defaults import SamplingOptions
 from diffiml_cli.errors import DiffimlError
 
 SELECTION_METRICS = ("pixel_f1", "pixel_f1_all", "image_auc")
-TRAIN_PARTS = ("all", "detector")
+TRAIN_PARTS = ("all", "detector", "sampler")
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,14 @@ class TrainOptions:
     # images counted: 1 when nothing is marked), which also rewards fewer false alarms.
     select_by: str = "pixel_f1"
     # "all": Algorithm 1 (or the baseline's loss). "detector": only the image-level detector learns, on the
-    # frozen localizer's outputs, which are sampled once per item with `detector_sampling` and kept.
+    # frozen localizer's outputs, which are sampled once per item with `detector_sampling` and kept. "sampler": only
+    # the denoiser learns, through the few-step sampler of `tune_sampling` end to end (`objectives.sampler_loss`),
+    # on the frozen encoder's condition of each item, computed once and kept.
     train_part: str = "all"
     detector_sampling: SamplingOptions = SamplingOptions()
     detector_precision: str = "fp32"  # of the frozen localizer's sampling, as `localize --precision` would run it
+    tune_sampling: SamplingOptions = SamplingOptions(steps=2, ensemble=2, sampler="ddim-trailing")
+    decoded_loss_weight: float = 1.0  # of the decoded mask's loss beside the latent one, when tuning the sampler
 
     def __post_init__(self) -> None:
         if self.train_part not in TRAIN_PARTS:

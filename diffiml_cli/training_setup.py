@@ -14,6 +14,8 @@ import torch
 from diffiml_cli.config import DetectorConfig, ModelConfig
 from diffiml_cli.data import AugmentConfig
 from diffiml_cli.data.training_sets import build_training_data, build_validation_data
+from diffiml_cli.defaults import SamplingOptions
+from diffiml_cli.diffusion.samplers import SamplerConfig
 from diffiml_cli.distributed import world_size
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.models.backbone_weights import load_backbone_weights
@@ -123,8 +125,14 @@ def start_training(model: ModelRecipe, data: DataRecipe, options: TrainOptions, 
               "backbone_weights": model.backbone_weights, "vae": model.vae, "authentic_share": data.authentic_share,
               "hard_negative_share": data.hard_negative_share,
               "recipe": dataclasses.asdict(model)}  # so that `train --config <run>/train_config.json` repeats the run
+    if model.detector and options.train_part == "sampler":
+        raise DiffimlError("train the detector or tune the denoiser for a sampler, not both in one run")
     options = dataclasses.replace(options, steps=steps, data_sources=record,
                                   train_part="detector" if model.detector else options.train_part)
+    if options.train_part == "sampler":
+        config = tuned_for(config, options.tune_sampling)
+        options = dataclasses.replace(options, val_sampling=dataclasses.replace(
+            options.tune_sampling, ensemble=SamplingOptions().ensemble))
     trainer = Trainer(localizer, config, options, train_data, val_data=val_data, device=device)
     try:
         if resume:
@@ -137,6 +145,17 @@ def start_training(model: ModelRecipe, data: DataRecipe, options: TrainOptions, 
     finally:
         trainer.close()
     return trainer
+
+
+def tuned_for(config: ModelConfig, sampling: SamplingOptions) -> ModelConfig:
+    """`config` whose own sampler is `sampling`'s (the grid a denoiser is tuned for is the one it samples on
+    unless a run asks for another)."""
+    if sampling.sampler is None:
+        raise DiffimlError("tuning for a sampler needs its name, e.g. ddim-trailing")
+    setting = SamplerConfig.parse(sampling.sampler)
+    diffusion = dataclasses.replace(config.diffusion, sampler=setting.algorithm,
+                                    timestep_spacing=setting.timestep_spacing)
+    return dataclasses.replace(config, diffusion=diffusion)
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...] | None:

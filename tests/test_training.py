@@ -9,11 +9,9 @@ import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from diffiml_cli.checkpoint import load_training_state
 from diffiml_cli.diffusion.sampling import add_noise_with_error_prior
@@ -23,30 +21,8 @@ from diffiml_cli.models.build import build_localizer, load_model
 from diffiml_cli.presets import get_preset
 from diffiml_cli.objectives import diffiml_loss
 from diffiml_cli.data.training_sets import with_authentic_per_batch
+from squares import Squares
 from diffiml_cli.training import TRAIN_STATE_NAME, TrainOptions, Trainer, epoch_indices, warmup_cosine
-
-
-class _Squares(Dataset):
-    """Images with a bright square whose position is the mask: learnable from the condition alone."""
-
-    def __init__(self, length: int = 16, size: int = 64) -> None:
-        rng = np.random.default_rng(0)
-        self.items = []
-        for index in range(length):
-            image = rng.uniform(0.2, 0.4, (3, size, size)).astype(np.float32)
-            mask = np.zeros((1, size, size), np.float32)
-            y, x = rng.integers(0, size - 24, 2)
-            image[:, y : y + 24, x : x + 24] += 0.5
-            mask[:, y : y + 24, x : x + 24] = 1
-            edge = cv2.dilate(cv2.Canny((mask[0] * 255).astype(np.uint8), 100, 200), np.ones((3, 3), np.uint8))[None] > 0
-            self.items.append({"image": torch.from_numpy(image), "mask": torch.from_numpy(mask),
-                               "edge": torch.from_numpy(edge.astype(np.float32)), "index": index})
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
 
 
 def _trainer(tmp_path, steps, **overrides) -> Trainer:
@@ -54,7 +30,7 @@ def _trainer(tmp_path, steps, **overrides) -> Trainer:
     config = get_preset("test")
     options = TrainOptions(out_dir=tmp_path, steps=steps, batch_size=4, warmup_steps=2, log_every=1,
                            save_every=overrides.pop("save_every", 1000), val_every=10_000, **overrides)
-    return Trainer(build_localizer(config), config, options, _Squares())
+    return Trainer(build_localizer(config), config, options, Squares())
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

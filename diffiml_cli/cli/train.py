@@ -26,6 +26,7 @@ PANELS = {
                      "ema", "prior_rate", "mask_loss_weight", "amp", "seed", "num_workers", "device"),
     "Detector": ("train_detector", "detector_grid", "detector_trace", "detector_steps", "detector_ensemble",
                  "detector_precision"),
+    "Sampler tuning": ("tune_sampler", "tune_steps", "tune_ensemble", "decoded_loss_weight"),
     "Validation": ("val", "select_by", "val_every"),
     "Output": ("out", "resume", "save_every"),
 }
@@ -87,6 +88,13 @@ def train(
                               "outputs (use localize's default).", min=1)] = DEFAULT["detector_sampling"].steps,
     detector_ensemble: Annotated[int, typer.Option(help="With --train-detector: their ensemble size N.", min=1)] = DEFAULT["detector_sampling"].ensemble,
     detector_precision: Annotated[str, typer.Option(help="With --train-detector: their precision (fp32, bf16, fp16).")] = DEFAULT["detector_precision"],
+    tune_sampler: Annotated[str | None, typer.Option(help="Tune only the denoiser of --init for this few-step "
+                            "sampler (e.g. ddim-trailing), through its steps end to end; the checkpoint then samples "
+                            "with it by default (docs/train.md).")] = None,
+    tune_steps: Annotated[int, typer.Option(help="With --tune-sampler: its steps.", min=1)] = DEFAULT["tune_sampling"].steps,
+    tune_ensemble: Annotated[int, typer.Option(help="With --tune-sampler: members per item in training.", min=1)] = DEFAULT["tune_sampling"].ensemble,
+    decoded_loss_weight: Annotated[float, typer.Option(help="With --tune-sampler: weight of the decoded mask's loss "
+                                   "beside the latent one.", min=0.0)] = DEFAULT["decoded_loss_weight"],
     synthetic_length: Annotated[int, typer.Option(help="Synthetic training items per epoch.", min=1)] = DATA.synthetic_length,
     preset: Annotated[str, typer.Option(help="Model preset: paper, fast, tiny.")] = ModelRecipe.preset,
     model: Annotated[str | None, typer.Option("--model", help="diffusion (DiffIML, the default) or discriminative "
@@ -143,7 +151,9 @@ def train(
         mask_loss_weight=mask_loss_weight, amp=amp, seed=seed, save_every=save_every, val_every=val_every,
         num_workers=num_workers, authentic_per_batch=authentic_per_batch, select_by=select_by,
         detector_sampling=SamplingOptions(steps=detector_steps, ensemble=detector_ensemble),
-        detector_precision=detector_precision)
+        detector_precision=detector_precision, train_part="sampler" if tune_sampler else "all",
+        tune_sampling=SamplingOptions(steps=tune_steps, ensemble=tune_ensemble, sampler=tune_sampler or "ddim-trailing"),
+        decoded_loss_weight=decoded_loss_weight)
     progress = progress_bar("train", "step", stderr, fields="loss {task.fields[loss]}  {task.fields[val]}")
     task = progress.add_task("train", total=None, loss="-", val="")
 
