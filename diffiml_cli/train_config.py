@@ -21,6 +21,7 @@ _NOT_OPTIONS = ("grad_clip", "log_every", "val_sampling", "train_part", "detecto
                 "data_sources")
 # The data sources and model recipe a run records -> their options.
 _SOURCE_OPTION = {"data": "data", "synthetic_from": "synthetic_from", "other_camera_donors": "other_camera_donors",
+                  "match_grain": "match_grain",
                   "val": "val", "authentic_share": "authentic_share", "hard_negative_share": "hard_negative_share",
                   "exclude_photos": "exclude_photos", "hard_negatives": "hard_negatives"}
 _RECIPE_OPTION = {"preset": "preset", "kind": "model", "edge": "edge", "image_size": "image_size",

@@ -47,6 +47,7 @@ class DataRecipe:
     synthetic_from: tuple[str, ...] = ()
     synthetic_kinds: tuple[str, ...] | None = None
     other_camera_donors: bool = False
+    match_grain: bool = False
     val: str | None = None
     authentic_share: float = 0.15
     exclude_photos: tuple[str, ...] = ()

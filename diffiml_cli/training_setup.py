@@ -92,7 +92,8 @@ def build_data(recipe: DataRecipe, config: ModelConfig, seed: int):
     crop = config.resolution == "native"
     train = build_training_data(recipe.data, recipe.synthetic_from, image_size=config.image_size, seed=seed,
                                 augment=AugmentConfig(), crop=crop, synthetic_kinds=recipe.synthetic_kinds,
-                                other_camera_donors=recipe.other_camera_donors, authentic_share=recipe.authentic_share,
+                                other_camera_donors=recipe.other_camera_donors, match_grain=recipe.match_grain,
+                                authentic_share=recipe.authentic_share,
                                 exclude=recipe.exclude_photos, hard_negatives=recipe.hard_negatives,
                                 hard_negative_share=recipe.hard_negative_share, synthetic_length=recipe.synthetic_length)
     val = None
@@ -121,7 +122,7 @@ def start_training(model: ModelRecipe, data: DataRecipe, options: TrainOptions, 
     steps = total_steps(None if epochs else options.steps, epochs, len(train_data), options.batch_size)
     record = {**data.sources, "data": list(data.data), "synthetic_from": list(data.synthetic_from),
               "synthetic_kinds": list(data.synthetic_kinds) if data.synthetic_kinds else "all",
-              "other_camera_donors": data.other_camera_donors, "val": data.val, "init": model.init,
+              "other_camera_donors": data.other_camera_donors, "match_grain": data.match_grain, "val": data.val, "init": model.init,
               "backbone_weights": model.backbone_weights, "vae": model.vae, "authentic_share": data.authentic_share,
               "hard_negative_share": data.hard_negative_share,
               "recipe": dataclasses.asdict(model)}  # so that `train --config <run>/train_config.json` repeats the run

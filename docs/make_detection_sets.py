@@ -14,6 +14,7 @@ Run from the repo root:
         /tmp/detection-calibration --seed 31
     python docs/make_detection_sets.py ../shared/data/authentic/bsds500 docs/splits/bsds500-test.txt \
         /tmp/detection-test --seed 32
+`--match-grain` writes the same set with every edit's grain matched to its host's (`train --match-grain`).
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ def main() -> None:
     parser.add_argument("stems")
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--match-grain", action="store_true", help="give every edit its host's grain back (the same "
+                        "edits and authentic images otherwise; train --match-grain)")
     args = parser.parse_args()
 
     wanted = set(read_stems(Path(args.stems)))
     others = [path.stem for path in list_images([args.photos]) if path.stem not in wanted]
     common = dict(exclude=others, seed=args.seed)
     processed = SyntheticManipulations(args.photos, authentic_share=1.0, other_camera_donors=True, **common)
+    common["match_grain"] = args.match_grain
     edits = [SyntheticManipulations(args.photos, authentic_share=0.0, **common),
              SyntheticManipulations(args.photos, authentic_share=0.0, other_camera_donors=True,
                                     **{**common, "seed": args.seed + 1})]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from diffiml_cli.data import SyntheticDataset, SyntheticManipulations, random_mask, regions
-from diffiml_cli.data.augment import DEMOSAICS, bayer_mosaic, jpeg_compress, render_as_other_camera
+from diffiml_cli.data.augment import DEMOSAICS, bayer_mosaic, jpeg_compress, match_grain, render_as_other_camera
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import load_rgb
 
@@ -229,3 +229,43 @@ def test_is_authentic_predicts_the_kind_without_making_the_sample(photos):
     flags = [maker.is_authentic(i) for i in range(30)]
     assert flags == [maker.make_sample(i).kind == "authentic" for i in range(30)]
     assert 0 < sum(flags) < 30
+
+
+def _grain(image: np.ndarray, where: np.ndarray) -> float:
+    """The std of the luma's high-pass residual over `where`: fine grain, measured independently of the code."""
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return float((luma - cv2.GaussianBlur(luma, (0, 0), 1.0))[where].std())
+
+
+def test_match_grain_gives_a_smoothed_region_its_hosts_grain_and_touches_nothing_else():
+    rng = np.random.default_rng(0)
+    image = np.clip(128 + rng.normal(0, 6, (128, 128, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((128, 128), bool)
+    mask[40:90, 40:90] = True
+    image[mask] = cv2.GaussianBlur(image, (0, 0), 1.5)[mask]  # a resampled paste: smoother than its host
+    ring = (cv2.dilate(mask.astype(np.uint8), np.ones((31, 31), np.uint8)) > 0) & ~mask
+    host, before = _grain(image, ring), _grain(image, mask)
+    assert before < 0.2 * host
+    for seed in range(4):
+        out = match_grain(image, mask, np.random.default_rng(seed))
+        assert 0.6 * host <= _grain(out, mask) <= 1.05 * host  # 70-100 % of the ring's, up to rounding
+        assert np.array_equal(out[~mask], image[~mask])
+    grainy = np.clip(128 + rng.normal(0, 6, (128, 128, 3)), 0, 255).astype(np.uint8)
+    assert np.array_equal(match_grain(grainy, mask, np.random.default_rng(0)), grainy)  # already as grainy
+    assert np.array_equal(match_grain(image, np.zeros_like(mask), np.random.default_rng(0)), image)
+
+
+def test_grain_matching_changes_only_the_edited_pixels_of_the_same_samples(photos):
+    """With match_grain every sample is the one drawn without it (kind, mask, host, untouched pixels) plus noise
+    inside its mask: its noise has its own random stream."""
+    plain = SyntheticManipulations(photos, seed=5, authentic_share=0.3, post_process=False)
+    grainy = SyntheticManipulations(photos, seed=5, authentic_share=0.3, post_process=False, match_grain=True)
+    changed = 0
+    for index in range(16):
+        a, b = plain.make_sample(index), grainy.make_sample(index)
+        assert a.kind == b.kind and np.array_equal(a.mask, b.mask) and np.array_equal(a.host, b.host)
+        assert np.array_equal(a.image[~a.mask], b.image[~b.mask])
+        changed += not np.array_equal(a.image, b.image)
+        if a.kind == "authentic":
+            assert np.array_equal(a.image, b.image)
+    assert changed >= 4  # resampled, feathered and inpainted regions are smoother than their hosts

@@ -201,12 +201,13 @@ def test_train_init_continues_from_a_localizer_checkpoint_and_records_its_data(t
 
     out = tmp_path / "init"
     command = _train_command(photo_folder, tiny_checkpoint, out, 1, "--init", str(tiny_checkpoint), "--lr", "0",
-                             "--synthetic-kinds", "splice,copy_move", "--other-camera-donors")
+                             "--synthetic-kinds", "splice,copy_move", "--other-camera-donors", "--match-grain")
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     sources = json.loads((out / "train_config.json").read_text())["train"]["data_sources"]
     assert sources["synthetic_from"] == [str(photo_folder)] and sources["init"] == str(tiny_checkpoint)
     assert sources["synthetic_kinds"] == ["splice", "copy_move"] and sources["other_camera_donors"] is True
+    assert sources["match_grain"] is True
     start, _ = load_model(tiny_checkpoint)
     trained, _ = load_model(out / "final")
     for a, b in zip(start.state_dict().values(), trained.state_dict().values()):
@@ -243,7 +244,9 @@ def test_synthetic_kinds_restrict_the_training_edits(photo_folder):
     assert drawn <= {"copy_move", "authentic", "inpaint"}  # inpaint only as the fallback when nothing fits
     assert not every_kind.manipulations.other_camera_donors
     camera = build_training_data([], [photo_folder], image_size=64, seed=0, augment=None, other_camera_donors=True)
-    assert camera.manipulations.other_camera_donors
+    assert camera.manipulations.other_camera_donors and not camera.manipulations.match_grain
+    grainy = build_training_data([], [photo_folder], image_size=64, seed=0, augment=None, match_grain=True)
+    assert grainy.manipulations.match_grain
 
 
 @pytest.mark.parametrize(("kinds", "message"), [("splice,blur", "unknown manipulation kind"),

@@ -18,7 +18,7 @@ from diffiml_cli.training_options import SELECTION_METRICS, DataRecipe, ModelRec
 DEFAULT = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
 DATA = DataRecipe()
 PANELS = {
-    "Data": ("data", "synthetic_from", "synthetic_kinds", "other_camera_donors", "authentic_share",
+    "Data": ("data", "synthetic_from", "synthetic_kinds", "other_camera_donors", "match_grain", "authentic_share",
              "authentic_per_batch", "exclude_photos", "hard_negatives", "hard_negative_share", "synthetic_length"),
     "Model": ("preset", "model", "edge", "vae", "init", "copy_move_cue", "noiseprint", "trace_branch",
               "backbone_weights", "image_size", "resolution"),
@@ -60,6 +60,8 @@ def train(
                                "copy_move, inpaint (default: all three, equally often). Validation keeps all three.")] = None,
     other_camera_donors: Annotated[bool, typer.Option("--other-camera-donors", help="Re-render each splice donor, and "
                                    "half the hosts (untouched photos too), as another camera would.")] = False,
+    match_grain: Annotated[bool, typer.Option("--match-grain", help="Add noise inside each synthetic edit until its "
+                           "fine grain is 70-100 % of the host's around it, as a careful forger does.")] = False,
     val: Annotated[str | None, typer.Option(help="Validation data: a SPEC, or synthetic:DIR[:N] for N held-out synthetic pairs.")] = None,
     authentic_share: Annotated[float, typer.Option(help="Share of untouched photos among the synthetic samples "
                                "(also in synthetic validation).", min=0.0, max=1.0)] = DATA.authentic_share,
@@ -141,7 +143,7 @@ def train(
                          backbone_weights=backbone_weights)
     sources = DataRecipe(
         data=tuple(data), synthetic_from=tuple(map(str, synthetic_from)), synthetic_kinds=parse_kinds(synthetic_kinds),
-        other_camera_donors=other_camera_donors, val=val, authentic_share=authentic_share,
+        other_camera_donors=other_camera_donors, match_grain=match_grain, val=val, authentic_share=authentic_share,
         exclude_photos=stems_of(exclude_photos), hard_negatives=tuple(read_stems(hard_negatives)) if hard_negatives else (),
         hard_negative_share=hard_negative_share, synthetic_length=synthetic_length,
         sources={"exclude_photos": list(map(str, exclude_photos)), "hard_negatives": str(hard_negatives or "") or None})

@@ -26,7 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from diffiml_cli.data import regions
-from diffiml_cli.data.augment import INTERPOLATIONS, AugmentConfig, augment, inpaint_region, render_as_other_camera
+from diffiml_cli.data.augment import (INTERPOLATIONS, AugmentConfig, augment, inpaint_region, match_grain,
+                                      render_as_other_camera)
 from diffiml_cli.data.readers import training_sample
 from diffiml_cli.errors import DiffimlError
 from diffiml_cli.image_io import list_images, load_rgb
@@ -189,14 +190,16 @@ class SyntheticManipulations:
     donor with `render_as_other_camera`, so that a splice joins two camera traces, and every host,
     authentic photos included, with probability 0.5, so that another camera's rendering alone is no
     evidence of an edit (off by default; on, later random draws shift, so JPEG histories and
-    placements differ too). exclude: photo stems to leave out (held-out photos). hard_negatives:
+    placements differ too). match_grain: give every edited region its host's grain back with `match_grain`
+    (off by default; its noise has its own random stream, so every other draw stays as it was).
+    exclude: photo stems to leave out (held-out photos). hard_negatives:
     photo stems that are hard for a localizer when untouched (natural repetition, busy texture);
     an authentic sample takes its photo from them with probability `hard_negative_share`.
     """
 
     def __init__(self, photos_dir: str | Path, *, segments_dir: str | Path | None = None, seed: int = 0,
                  authentic_share: float = 0.15, post_process: bool = True,
-                 kinds: Sequence[str] | None = None, other_camera_donors: bool = False,
+                 kinds: Sequence[str] | None = None, other_camera_donors: bool = False, match_grain: bool = False,
                  exclude: Collection[str] = (), hard_negatives: Collection[str] = (),
                  hard_negative_share: float = 0.5) -> None:
         self.photos_dir = Path(photos_dir)
@@ -226,6 +229,7 @@ class SyntheticManipulations:
         self.authentic_share = authentic_share
         self.post_process = post_process
         self.other_camera_donors = other_camera_donors
+        self.match_grain = match_grain
         # A fixed per-seed order so that consecutive indices walk through every photo.
         self._order = np.random.default_rng([seed]).permutation(len(self.photos))
 
@@ -320,6 +324,8 @@ class SyntheticManipulations:
         if kind == "authentic":
             result = (host, np.zeros(host.shape[:2], bool))
         image, mask = result
+        if self.match_grain and kind != "authentic":
+            image = match_grain(image, mask, np.random.default_rng([self.seed, index, 1]))
         if self.post_process:
             image, mask = _post_process(rng, image, mask)
         return SyntheticSample(image, mask, kind, host, host_path)

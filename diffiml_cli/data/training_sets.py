@@ -26,6 +26,7 @@ def build_training_data(
     crop: bool = False,
     synthetic_kinds: Sequence[str] | None = None,
     other_camera_donors: bool = False,
+    match_grain: bool = False,
     authentic_share: float = 0.15,
     exclude: Sequence[str] = (),
     hard_negatives: Sequence[str] = (),
@@ -34,7 +35,8 @@ def build_training_data(
     """Mix real datasets (`PATH[:WEIGHT]` specs) with on-the-fly synthetic manipulations of photo folders;
     `crop` cuts image_size windows at native resolution instead of resizing (a "native" model);
     `synthetic_kinds` restricts the synthetic edits (default: every kind in MANIPULATION_KINDS);
-    `other_camera_donors` re-renders splice donors as another camera would; `authentic_share`, `exclude`,
+    `other_camera_donors` re-renders splice donors as another camera would; `match_grain` gives each edited region
+    its host's grain back; `authentic_share`, `exclude`,
     `hard_negatives` and `hard_negative_share` are SyntheticManipulations' (photo stems)."""
     datasets, weights = [], []
     for pairs, weight in parse_weighted_specs(list(data_specs)):
@@ -44,7 +46,7 @@ def build_training_data(
         weights.append(weight)
     for folder in synthetic_dirs:
         manipulations = SyntheticManipulations(folder, seed=seed, kinds=synthetic_kinds,
-                                               other_camera_donors=other_camera_donors,
+                                               other_camera_donors=other_camera_donors, match_grain=match_grain,
                                                authentic_share=authentic_share, exclude=exclude,
                                                hard_negatives=hard_negatives,
                                                hard_negative_share=hard_negative_share)
