@@ -122,7 +122,8 @@ def start_training(model: ModelRecipe, data: DataRecipe, options: TrainOptions, 
     steps = total_steps(None if epochs else options.steps, epochs, len(train_data), options.batch_size)
     record = {**data.sources, "data": list(data.data), "synthetic_from": list(data.synthetic_from),
               "synthetic_kinds": list(data.synthetic_kinds) if data.synthetic_kinds else "all",
-              "other_camera_donors": data.other_camera_donors, "match_grain": data.match_grain, "val": data.val, "init": model.init,
+              "other_camera_donors": data.other_camera_donors, "match_grain": data.match_grain, "val": data.val,
+              "init": model.init,
               "backbone_weights": model.backbone_weights, "vae": model.vae, "authentic_share": data.authentic_share,
               "hard_negative_share": data.hard_negative_share,
               "recipe": dataclasses.asdict(model)}  # so that `train --config <run>/train_config.json` repeats the run

@@ -116,10 +116,8 @@ _GRAIN_SIGMA = 1.0  # the high-pass that measures grain: the luma minus its Gaus
 _GRAIN_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (31, 31))  # the host pixels the grain is matched to
 
 
-def _grain(luma: np.ndarray, where: np.ndarray) -> float:
-    """Robust std (1.4826 MAD) of the high-pass residual of `luma` (H, W) float32 over `where` (H, W) bool."""
-    residual = luma - cv2.GaussianBlur(luma, (0, 0), _GRAIN_SIGMA)
-    values = residual[where]
+def _robust_std(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation of `values` (1-D), 0 for fewer than 16 values."""
     return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size >= 16 else 0.0
 
 
@@ -130,6 +128,9 @@ def _white_noise_gain() -> float:
     impulse = np.zeros_like(kernel)
     impulse[kernel.shape[0] // 2, kernel.shape[1] // 2] = 1.0
     return float(np.sqrt(((impulse - kernel) ** 2).sum()))
+
+
+_WHITE_NOISE_GAIN = _white_noise_gain()
 
 
 def match_grain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -145,12 +146,13 @@ def match_grain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     if not mask.any():
         return image
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    residual = luma - cv2.GaussianBlur(luma, (0, 0), _GRAIN_SIGMA)  # the grain, once for both regions
     ring = (cv2.dilate(mask.astype(np.uint8), _GRAIN_RING) > 0) & ~mask
-    inside, outside = _grain(luma, mask), _grain(luma, ring)
+    inside, outside = _robust_std(residual[mask]), _robust_std(residual[ring])
     target = float(rng.uniform(0.7, 1.0)) * outside
     if target <= inside:
         return image
-    std = np.sqrt(target ** 2 - inside ** 2) / _white_noise_gain()
+    std = np.sqrt(target ** 2 - inside ** 2) / _WHITE_NOISE_GAIN
     noise = rng.normal(0.0, std, mask.shape).astype(np.float32)[..., None] * np.array([1.0, 0.8, 1.2], np.float32)
     grainy = np.clip(np.round(image.astype(np.float32) + noise), 0, 255).astype(np.uint8)
     return np.where(mask[..., None], grainy, image)
