@@ -49,10 +49,10 @@ def main() -> None:
     others = [path.stem for path in list_images([args.photos]) if path.stem not in wanted]
     common = dict(exclude=others, seed=args.seed)
     processed = SyntheticManipulations(args.photos, authentic_share=1.0, other_camera_donors=True, **common)
-    common["match_grain"] = args.match_grain
-    edits = [SyntheticManipulations(args.photos, authentic_share=0.0, **common),
+    edited = {**common, "match_grain": args.match_grain}  # the authentic images stay as they were
+    edits = [SyntheticManipulations(args.photos, authentic_share=0.0, **edited),
              SyntheticManipulations(args.photos, authentic_share=0.0, other_camera_donors=True,
-                                    **{**common, "seed": args.seed + 1})]
+                                    **{**edited, "seed": args.seed + 1})]
     root = Path(args.out)
     kinds = ["image,kind"]
     for index, photo in enumerate(processed.photos):

@@ -324,7 +324,7 @@ class SyntheticManipulations:
         if kind == "authentic":
             result = (host, np.zeros(host.shape[:2], bool))
         image, mask = result
-        if self.match_grain and kind != "authentic":
+        if self.match_grain:  # an authentic sample's empty mask leaves it as it is
             image = match_grain(image, mask, np.random.default_rng([self.seed, index, 1]))
         if self.post_process:
             image, mask = _post_process(rng, image, mask)
